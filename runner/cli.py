@@ -1,0 +1,257 @@
+"""The command line: the only place that touches the process (arguments, signals, logging
+setup, exit codes). Each command runs in a worker thread so that SIGTERM/SIGINT are handled at
+once by the main thread, which cancels the statement in flight and waits, bounded, for the
+worker to roll back and release the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, NoReturn, TextIO
+
+import structlog
+
+from runner import logs
+from runner.errors import ExitCode, Interrupted, RunnerError, UsageError
+from runner.observers import RunObserver, notify
+from runner.report import RunReport
+
+log = structlog.get_logger("runner")
+
+#: After SIGTERM, how long the worker gets to roll back and release the lock. Kubernetes
+#: sends SIGKILL after terminationGracePeriodSeconds (30 s by default); stay well inside it.
+SHUTDOWN_GRACE_S = 10.0
+
+COMMAND_HELP = {
+    "upgrade": "apply pending revisions up to REVISION (default: head), under the lock",
+    "check": "exit 0 when the database is at head, 3 when revisions are pending",
+    "wait": "block until the database is at head (for init containers), bounded",
+    "plan": "list pending revisions; --sql prints the SQL upgrade would run",
+    "current": "show the database's current revision(s)",
+    "history": "show the project's revisions, newest first",
+    "downgrade": "downgrade to REVISION (needs --yes), under the lock",
+    "stamp": "set the version table to REVISION without running migrations, under the lock",
+    "kube-run": "run the migration Job in Kubernetes and exit with its exit code",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="migration-runner",
+        description="Apply Alembic migrations safely: one runner at a time, JSON logs, "
+        "documented exit codes. Settings come from MIGRATION_* environment variables; "
+        "flags override them.",
+    )
+    common = _Parser(add_help=False)
+    common.add_argument("--config", help="path to alembic.ini (MIGRATION_CONFIG)")
+    common.add_argument("--script-location", help="migrations directory "
+                        "(MIGRATION_SCRIPT_LOCATION)")
+    common.add_argument("--database-url", help="database URL (MIGRATION_DATABASE_URL); "
+                        "prefer the environment: flags are visible in the process list")
+    common.add_argument("--connect-timeout", type=float, help="seconds to retry connecting")
+    common.add_argument("--lock-timeout", type=float, help="seconds to wait for the lock")
+    common.add_argument("--ddl-lock-timeout", type=float, help="per-statement lock_timeout")
+    common.add_argument("--ddl-retry-budget", type=float, help="seconds of lock-timeout retries")
+    common.add_argument("--log-format", choices=["auto", "json", "console"])
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    common.add_argument("--on-db-ahead", choices=["warn", "fail"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=COMMAND_HELP[name],
+                              description=COMMAND_HELP[name])
+
+    add("upgrade").add_argument("revision", nargs="?", default="head")
+    check = add("check")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    wait = add("wait")
+    wait.add_argument("--timeout", type=float, dest="wait_timeout",
+                      help="seconds to wait (MIGRATION_WAIT_TIMEOUT)")
+    plan = add("plan")
+    plan.add_argument("revision", nargs="?", default="head")
+    plan.add_argument("--sql", action="store_true", help="print the SQL instead of the list")
+    plan.add_argument("--json", action="store_true")
+    add("current").add_argument("--json", action="store_true")
+    add("history").add_argument("--json", action="store_true")
+    down = add("downgrade")
+    down.add_argument("revision")
+    down.add_argument("--yes", action="store_true", help="confirm: downgrades can lose data")
+    add("stamp").add_argument("revision")
+    sub.add_parser("kube-run", help=COMMAND_HELP["kube-run"], add_help=False)
+    return parser
+
+
+_SETTING_FLAGS = ("config", "script_location", "database_url", "connect_timeout",
+                  "lock_timeout", "ddl_lock_timeout", "ddl_retry_budget", "log_format",
+                  "log_level", "on_db_ahead", "wait_timeout")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
+
+
+def run(argv: list[str], stdout: TextIO | None = None) -> int:
+    stdout = stdout or sys.stdout
+    if argv[:1] == ["kube-run"]:
+        from runner import kube_cli
+
+        return kube_cli.main(argv[1:])
+    parser = build_parser()
+    started = time.monotonic()
+    report = RunReport(command=argv[0] if argv else "")
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return _finish_early(parser, report, exc, started)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return ExitCode.USAGE
+    report.command = args.command
+
+    from runner.settings import load_settings
+
+    try:
+        if args.command == "downgrade" and not args.yes:
+            raise UsageError("downgrade can drop data: add --yes to confirm")
+        settings = load_settings({k: getattr(args, k, None) for k in _SETTING_FLAGS})
+    except RunnerError as exc:
+        return _finish_early(parser, report, exc, started)
+    logs.configure_logging(settings.log_format, settings.log_level)
+    if settings.in_kubernetes:
+        logs.bind_context(pod=settings.pod_name, namespace=settings.pod_namespace,
+                          job=settings.job_name)
+    observers = observers_for(settings)
+    notify(observers, lambda o: o.run_started(args.command))
+
+    from runner.db import CancelToken
+
+    cancel = CancelToken()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["code"] = _dispatch(args, settings, cancel, observers, report, stdout)
+        except BaseException as exc:  # handed to the main thread, which maps it
+            outcome["error"] = exc
+
+    code = _run_supervised(work, cancel, outcome)
+    if "error" in outcome:
+        code = _record_error(report, outcome["error"])
+    else:
+        report.exit_code = code
+    report.duration_ms = int((time.monotonic() - started) * 1000)
+    _log_finished(report)
+    notify(observers, lambda o: o.run_finished(report))
+    return report.exit_code
+
+
+def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, Any]) -> int:
+    worker = threading.Thread(target=work, name="migration", daemon=True)
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        code = ExitCode.SIGTERM if signum == signal.SIGTERM else ExitCode.SIGINT
+        if not cancel.cancelled:
+            log.warning("signal_received", signal=name,
+                        action="cancelling the statement in flight and rolling back")
+        cancel.cancel(name, code)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.start()
+        deadline: float | None = None
+        while worker.is_alive():
+            worker.join(0.1)
+            if cancel.cancelled:
+                if deadline is None:
+                    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+                elif time.monotonic() > deadline:
+                    outcome["error"] = Interrupted(cancel.signal_name, ExitCode(cancel.exit_code))
+                    log.error("shutdown_grace_exceeded", grace_s=SHUTDOWN_GRACE_S,
+                              reason="the worker did not stop; the server releases the lock "
+                                     "when this process exits")
+                    break
+                # A cancel sent between two statements is lost; resend until the worker stops.
+                cancel.cancel_statement()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return int(outcome.get("code", ExitCode.INTERNAL))
+
+
+def _dispatch(args: argparse.Namespace, settings: Any, cancel: Any,
+              observers: Sequence[RunObserver], report: RunReport, stdout: TextIO) -> int:
+    from runner import commands
+
+    return commands.run_command(args, settings, cancel, observers, report, stdout)
+
+
+def observers_for(settings: Any) -> list[RunObserver]:
+    """The reporters this process has: GitHub Actions, the pod's termination message, Events."""
+    observers: list[RunObserver] = []
+    if settings.github_actions:
+        from runner.github import GitHubObserver
+
+        observers.append(GitHubObserver(settings.github_step_summary, sys.stdout))
+    if settings.in_kubernetes:
+        from runner.termination import TerminationMessageObserver
+
+        observers.append(TerminationMessageObserver(settings.termination_message_path))
+    wants_events = settings.kube_events == "on" or (
+        settings.kube_events == "auto" and settings.in_kubernetes)
+    if wants_events:
+        from runner import kube  # imported only here: it costs a quarter second
+
+        observer = kube.event_observer(settings)
+        if observer is not None:
+            observers.append(observer)
+    return observers
+
+
+def _record_error(report: RunReport, exc: BaseException) -> int:
+    if isinstance(exc, RunnerError):
+        report.exit_code = int(exc.exit_code)
+        report.outcome = exc.outcome
+        report.reason = exc.reason
+        report.failed_revision = exc.fields.get("revision")
+        report.sqlstate = exc.fields.get("sqlstate")
+    else:
+        report.exit_code = ExitCode.INTERNAL
+        report.outcome = "internal_error"
+        text = str(exc).strip().splitlines()
+        report.reason = f"internal error: {type(exc).__name__}" + (f": {text[0]}" if text else "")
+        log.debug("internal_error", exc_info=exc)
+    return report.exit_code
+
+
+def _log_finished(report: RunReport) -> None:
+    fields = report.summary()
+    if report.exit_code in (ExitCode.OK, ExitCode.PENDING):
+        log.info("run_finished", **fields)
+    else:
+        log.error("run_finished", **fields)
+
+
+def _finish_early(parser: argparse.ArgumentParser, report: RunReport, exc: RunnerError,
+                  started: float) -> int:
+    """Usage and settings errors: logging uses its defaults, since settings did not load."""
+    logs.configure_logging("auto", "info")
+    if isinstance(exc, UsageError):
+        parser.print_usage(sys.stderr)
+    _record_error(report, exc)
+    report.duration_ms = int((time.monotonic() - started) * 1000)
+    _log_finished(report)
+    return report.exit_code
+
+

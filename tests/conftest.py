@@ -1,0 +1,112 @@
+"""Real databases for the tests, each test getting a fresh one it created itself.
+
+PostgreSQL: `MIGRATION_TEST_POSTGRES_URL` names a server where the suite may CREATE DATABASE
+(CI gives the local service); without it the suite starts its own throwaway server with the
+`pgserver` package and says so. MariaDB: `MIGRATION_TEST_MARIADB_URL`, else those tests skip.
+SQLite: always, in a temporary directory. No test ever touches a database it did not create.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
+
+from tests.support import CI
+
+_PG_ENV = "MIGRATION_TEST_POSTGRES_URL"
+_MARIADB_ENV = "MIGRATION_TEST_MARIADB_URL"
+_state: dict[str, object] = {}
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    pg = os.environ.get(_PG_ENV)
+    maria = os.environ.get(_MARIADB_ENV)
+    return [
+        f"postgres: {'server from ' + _PG_ENV if pg else 'throwaway server started by the suite (pgserver); set ' + _PG_ENV + ' to use your own'}",
+        f"mariadb: {'server from ' + _MARIADB_ENV if maria else 'not configured: MariaDB tests skip (set ' + _MARIADB_ENV + ')'}",
+    ]
+
+
+def _as_psycopg2(url: URL) -> URL:
+    return url.set(drivername="postgresql+psycopg2")
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[URL]:
+    """An admin URL of a PostgreSQL server on which the suite may create databases."""
+    configured = os.environ.get(_PG_ENV)
+    if configured:
+        yield _as_psycopg2(make_url(configured))
+        return
+    import pgserver
+
+    workdir = tempfile.mkdtemp(prefix="migration-runner-pg-")
+    print(f"\n*** no {_PG_ENV}: starting a throwaway PostgreSQL in {workdir} (pgserver) ***")
+    server = pgserver.get_server(workdir, cleanup_mode="delete")
+    try:
+        yield _as_psycopg2(make_url(server.get_uri()))
+    finally:
+        server.cleanup()
+
+
+def _create_database(admin: URL, prefix: str, quote: str) -> tuple[URL, str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(admin, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {quote}{name}{quote}")
+    engine.dispose()
+    return admin.set(database=name), name
+
+
+@pytest.fixture
+def pg_url(pg_server_url: URL) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, as a URL string (with password)."""
+    url, name = _create_database(pg_server_url, "mr_test", '"')
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        engine = create_engine(pg_server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": name})
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        engine.dispose()
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A fresh MariaDB database for this test; skips (fails on CI) without a configured server."""
+    configured = os.environ.get(_MARIADB_ENV)
+    if not configured:
+        if CI:
+            pytest.fail(f"CI must run the MariaDB tests: set {_MARIADB_ENV}")
+        pytest.skip(f"no MariaDB configured ({_MARIADB_ENV})")
+    admin = make_url(configured).set(drivername="mysql+pymysql", database=None)
+    url, name = _create_database(admin, "mr_test", "`")
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        engine = create_engine(admin, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        engine.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'app.db'}"
+
+
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
+def any_db_url(request: pytest.FixtureRequest) -> str:
+    """The same test against each backend the runner supports."""
+    fixture = {"postgresql": "pg_url", "mariadb": "mariadb_url", "sqlite": "sqlite_url"}
+    return str(request.getfixturevalue(fixture[request.param]))
