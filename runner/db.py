@@ -67,20 +67,31 @@ class CancelToken:
         self.signal_name = ""
         self.exit_code = 0
         self._cancel_in_flight: list[Any] = []
+        self._cleaning_up = False
 
     def cancel(self, signal_name: str, exit_code: int) -> None:
         self.signal_name, self.exit_code = signal_name, exit_code
         self.event.set()
         self.cancel_statement()
 
+    def cleanup_started(self) -> None:
+        """From here on the run only rolls back and unlocks: let those statements through."""
+        self._cleaning_up = True
+
     def cancel_statement(self) -> None:
         """Ask the server to stop the statement in flight (safe from another thread)."""
+        if self._cleaning_up:
+            return
         for fn in list(self._cancel_in_flight):
             with contextlib.suppress(Exception):
                 fn()
 
     def on_cancel(self, fn: Any) -> None:
         self._cancel_in_flight.append(fn)
+
+    @property
+    def cleaning_up(self) -> bool:
+        return self._cleaning_up
 
     @property
     def cancelled(self) -> bool:
@@ -187,7 +198,8 @@ def make_engine(db: DatabaseUrl, session: SessionSettings, cancel: CancelToken) 
 
     @event.listens_for(engine, "before_cursor_execute")
     def _stop_when_cancelled(*_: Any) -> None:
-        cancel.check()
+        if not cancel.cleaning_up:
+            cancel.check()
 
     return engine
 

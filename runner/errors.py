@@ -145,6 +145,12 @@ class LockLost(TemporaryFailure):
     outcome = "lock_lost"
 
 
+class DdlLockTimeout(TemporaryFailure):
+    """One statement hit `lock_timeout`; the orchestrator retries it within the budget."""
+
+    outcome = "ddl_lock_timeout"
+
+
 class DdlBudgetExhausted(TemporaryFailure):
     outcome = "ddl_lock_budget_exhausted"
 

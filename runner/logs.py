@@ -50,6 +50,21 @@ def _drop_tracebacks(_: WrappedLogger, __: str, event_dict: EventDict) -> EventD
     return event_dict
 
 
+class _OncePerMessage(logging.Filter):
+    """Alembic says "Context impl PostgresqlImpl." each time a context is made; say it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
+
+
 def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging through one renderer writing to `stream` (stderr)."""
     stream = stream or sys.stderr
@@ -92,6 +107,8 @@ def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> Non
         logging.INFO if level == "debug" else logging.WARNING
     )
     logging.getLogger("alembic").setLevel(_LEVELS[level])
+    migration_logger = logging.getLogger("alembic.runtime.migration")
+    migration_logger.filters[:] = [_OncePerMessage()]
     # Alembic announces each autogenerate plugin at INFO on every run: noise for a deploy job.
     logging.getLogger("alembic.runtime.plugins").setLevel(
         logging.DEBUG if level == "debug" else logging.WARNING

@@ -27,7 +27,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from runner import lock as locks
 from runner.db import (
@@ -48,6 +48,7 @@ from runner.errors import (
     DatabaseAhead,
     DatabaseUnavailable,
     DdlBudgetExhausted,
+    DdlLockTimeout,
     GraphError,
     LockLost,
     MigrationFailed,
@@ -204,6 +205,7 @@ class Migrator:
 
     def close(self) -> None:
         """Release the lock and close the connection; never raises (runs in `finally`)."""
+        self.cancel.cleanup_started()
         if self._lock is not None:
             try:
                 self._lock.release()
@@ -263,7 +265,9 @@ class Migrator:
                  fn: Callable[..., Any] | None = None,
                  wrap_steps: Callable[[Any], Any] | None = None,
                  on_version_apply: Any = None, **env_kw: Any) -> None:
-        self.db  # noqa: B018 - resolve the URL (and its errors) before env.py runs
+        # Connect (with the bounded retry) before env.py opens a connection of its own, so a
+        # database that is not up yet is waited for rather than failing inside env.py.
+        self.connection()
         self._configured = False
 
         def configure_hook(kw: dict[str, Any]) -> Any:
@@ -330,9 +334,13 @@ class Migrator:
             fields["revision"] = step.revision
         if state == QUERY_CANCELED and self.cancel.cancelled:
             self.cancel.check()
-        if exc.connection_invalidated or (state or "").startswith(("08", "57P")):
+        # A driver error with no SQLSTATE is a connection-level failure (refused, reset...).
+        if exc.connection_invalidated or (state or "").startswith(("08", "57P")) or (
+                state is None and isinstance(exc, OperationalError)):
             return DatabaseUnavailable(f"{where}connection to the database lost: {reason}",
                                        **fields)
+        if state == LOCK_NOT_AVAILABLE:
+            return DdlLockTimeout(f"{where}{reason}", **fields)
         if state == READ_ONLY_TRANSACTION:
             return ConfigError(f"{where}the database is read-only ({reason}); point "
                                "MIGRATION_DATABASE_URL at the primary", **fields)
@@ -423,13 +431,11 @@ class Migrator:
             try:
                 self._migrate_once(plan, fn, destination_rev, check_ahead, report_steps)
                 return
-            except DBAPIError as exc:
-                if sqlstate_of(exc) != LOCK_NOT_AVAILABLE or self.cancel.cancelled:
-                    raise self._database_error(exc) from None
-                step = self._current_step
+            except DdlLockTimeout as exc:
+                self.cancel.check()
                 budget_left -= time.monotonic() - started
                 pause = min(2.0 ** min(attempt, 5) * 0.25, 5.0) * (0.5 + random.random())  # noqa: S311
-                revision = step.revision if step else None
+                revision = exc.fields.get("revision")
                 if budget_left - pause <= 0:
                     raise DdlBudgetExhausted(
                         f"revision {revision}: could not take a table lock within "

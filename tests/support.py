@@ -42,6 +42,14 @@ class CliResult:
         return lines[0]
 
 
+def with_credentials(url: str, username: str, password: str | None) -> str:
+    """`url` logging in as another role; the password is URL-encoded by SQLAlchemy."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(username=username, password=password).render_as_string(
+        hide_password=False)
+
+
 def parse_events(stderr: str) -> list[dict[str, Any]]:
     events = []
     for line in stderr.splitlines():
@@ -201,6 +209,7 @@ ENV_STYLES = {"generic": GENERIC_ENV, "cookbook": COOKBOOK_ENV, "async": ASYNC_E
 INI = """[alembic]
 script_location = %(here)s/migrations
 prepend_sys_path = .
+path_separator = os
 sqlalchemy.url =
 
 [loggers]
