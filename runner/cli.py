@@ -103,13 +103,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 def run(argv: list[str], stdout: TextIO | None = None) -> int:
     stdout = stdout or sys.stdout
-    if argv[:1] == ["kube-run"]:
-        from runner import kube_cli
-
-        return kube_cli.main(argv[1:])
     parser = build_parser()
     started = time.monotonic()
     report = RunReport(command=argv[0] if argv else "")
+    if argv[:1] == ["kube-run"]:
+        return _kube_run(argv[1:], parser, report, started)
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
@@ -154,6 +152,21 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
     _log_finished(report)
     notify(observers, lambda o: o.run_finished(report))
     return report.exit_code
+
+
+def _kube_run(argv: list[str], parser: argparse.ArgumentParser, report: RunReport,
+              started: float) -> int:
+    """`kube-run` parses its own flags; it shares only settings and the log pipeline."""
+    from runner.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except RunnerError as exc:
+        return _finish_early(parser, report, exc, started)
+    logs.configure_logging(settings.log_format, settings.log_level)
+    from runner import kube_cli
+
+    return kube_cli.main(argv)
 
 
 def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, Any]) -> int:

@@ -334,9 +334,11 @@ class Migrator:
             fields["revision"] = step.revision
         if state == QUERY_CANCELED and self.cancel.cancelled:
             self.cancel.check()
-        # A driver error with no SQLSTATE is a connection-level failure (refused, reset...).
+        # A psycopg error with no SQLSTATE is a connection-level failure (refused, reset...);
+        # SQLite reports SQL errors ("table exists") as OperationalError without one.
         if exc.connection_invalidated or (state or "").startswith(("08", "57P")) or (
-                state is None and isinstance(exc, OperationalError)):
+                state is None and isinstance(exc, OperationalError)
+                and self.db.backend == "postgresql"):
             return DatabaseUnavailable(f"{where}connection to the database lost: {reason}",
                                        **fields)
         if state == LOCK_NOT_AVAILABLE:

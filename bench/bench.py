@@ -1,0 +1,145 @@
+"""Side-by-side timing of migration-runner and plain `alembic upgrade head`.
+
+On a 100-revision project against a PostgreSQL server (MIGRATION_BENCH_POSTGRES_URL, default
+the local service), in one run:
+  1. no-op upgrade (database already at head): runner vs alembic, median of N runs;
+  2. applying all 100 revisions: runner vs alembic, median of N fresh databases;
+  3. 10 runners started together on a fresh database vs one runner's apply time.
+Prints a table and writes bench/results.md. The bars come from the issue:
+  no-op <= alembic, apply <= 1.25x alembic, 10 together <= single apply + 1 s.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.support import chain, cli_env, write_project  # noqa: E402
+
+ADMIN = make_url(os.environ.get("MIGRATION_BENCH_POSTGRES_URL",
+                                "postgresql://postgres@127.0.0.1:5432/postgres")).set(
+    drivername="postgresql+psycopg2")
+RUNS = int(os.environ.get("BENCH_RUNS", "7"))
+BIN = Path(sys.executable).parent
+
+
+def admin(sql: str) -> None:
+    engine = create_engine(ADMIN, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(sql)
+    engine.dispose()
+
+
+def fresh_db() -> tuple[str, str]:
+    name = f"mr_bench_{uuid.uuid4().hex[:10]}"
+    admin(f'CREATE DATABASE "{name}"')
+    return name, ADMIN.set(database=name).render_as_string(hide_password=False)
+
+
+def drop(name: str) -> None:
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def runner_cmd() -> list[str]:
+    return [str(BIN / "migration-runner"), "upgrade"]
+
+
+def alembic_cmd() -> list[str]:
+    return [str(BIN / "alembic"), "upgrade", "head"]
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="mr-bench-"))
+    ini = write_project(work, chain(100))
+    # The alembic baseline reads its URL from alembic.ini, as plain alembic users do.
+    name, url = fresh_db()
+    ini_text = ini.read_text()
+    ini.write_text(ini_text.replace("sqlalchemy.url =", f"sqlalchemy.url = {url}"))
+    env = cli_env(url, MIGRATION_CONFIG=str(ini))
+    # Warm the bytecode caches of both tools and the revision files once.
+    timed(alembic_cmd(), env, work)
+    rows = []
+
+    noop_alembic = [timed(alembic_cmd(), env, work) for _ in range(RUNS)]
+    noop_runner = [timed(runner_cmd(), env, work) for _ in range(RUNS)]
+    drop(name)
+    rows.append(("no-op upgrade (at head)", statistics.median(noop_alembic),
+                 statistics.median(noop_runner), 1.0))
+
+    apply_alembic, apply_runner = [], []
+    for _ in range(RUNS):
+        name, url = fresh_db()
+        ini.write_text(ini_text.replace("sqlalchemy.url =", f"sqlalchemy.url = {url}"))
+        apply_alembic.append(timed(alembic_cmd(), cli_env(url), work))
+        drop(name)
+        name, url = fresh_db()
+        apply_runner.append(timed(runner_cmd(), cli_env(url, MIGRATION_CONFIG=str(ini)), work))
+        drop(name)
+    single = statistics.median(apply_runner)
+    rows.append(("apply 100 revisions", statistics.median(apply_alembic), single, 1.25))
+
+    together = []
+    for _ in range(max(3, RUNS // 2)):
+        name, url = fresh_db()
+        env = cli_env(url, MIGRATION_CONFIG=str(ini))
+        started = time.perf_counter()
+        procs = [subprocess.Popen(runner_cmd(), env=env, cwd=work, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(10)]
+        codes = [p.wait() for p in procs]
+        together.append(time.perf_counter() - started)
+        drop(name)
+        if codes != [0] * 10:
+            raise SystemExit(f"10 runners: exit codes {codes}")
+    ten = statistics.median(together)
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`python bench/bench.py` on {os.cpu_count()} cores, PostgreSQL at "
+        f"{ADMIN.host or 'socket'}, 100 revisions, median of {RUNS} runs "
+        f"({time.strftime('%Y-%m-%d')}).",
+        "",
+        "| scenario | alembic upgrade head | migration-runner | ratio | bar |",
+        "|---|---|---|---|---|",
+    ]
+    ok = True
+    for label, base, ours, bar in rows:
+        ratio = ours / base
+        ok &= ratio <= bar
+        lines.append(f"| {label} | {base * 1000:.0f} ms | {ours * 1000:.0f} ms | {ratio:.2f}x "
+                     f"| <= {bar:.2f}x {'PASS' if ratio <= bar else 'FAIL'} |")
+    ten_ok = ten <= single + 1.0
+    ok &= ten_ok
+    lines.append(f"| 10 runners together, all exit 0 | single runner apply {single * 1000:.0f} ms "
+                 f"| {ten * 1000:.0f} ms | +{(ten - single) * 1000:.0f} ms "
+                 f"| <= +1000 ms {'PASS' if ten_ok else 'FAIL'} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if os.environ.get("BENCH_WRITE", "1") == "1":
+        (REPO / "bench" / "results.md").write_text(text)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

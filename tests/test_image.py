@@ -1,0 +1,249 @@
+"""The container image, built and run for real with podman: exit codes, JSON logs, signals as
+PID 1, non-root and read-only root filesystem, and the "extend it as a base image" recipe.
+
+The image is built once per session on a Debian bookworm base made with debootstrap (no registry
+is reachable here; the base stays in podman storage, so later runs reuse it). Set
+MIGRATION_TEST_BASE_IMAGE=python:3.11-slim-bookworm where a registry is reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from runner.errors import ExitCode
+from tests.support_tools import (
+    PODMAN_RUN,
+    REPO,
+    build_image,
+    ensure_base_image,
+    missing,
+    podman,
+    run,
+)
+
+# The first test to run builds the image (minutes on a cold cache); later ones reuse it.
+pytestmark = [pytest.mark.image, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+RUNNER_IMAGE = "localhost/migration-runner:test"
+APP_IMAGE = "localhost/migration-runner-example-app:test"
+IMAGE_UID = "10001"
+#: A writable /tmp on the read-only root (the path inside the container, not on this machine).
+CONTAINER_TMPFS = "/tmp:rw,size=64m"  # noqa: S108
+#: The head of the example project (examples/migrations/versions).
+EXAMPLE_REVISIONS = 4
+
+
+@pytest.fixture(scope="session")
+def pm() -> list[str]:
+    return podman()
+
+
+@pytest.fixture(scope="session")
+def runner_image(pm: list[str]) -> str:
+    if not (REPO / "README.md").exists():
+        missing(
+            "README.md is missing",
+            hint="pyproject.toml's `readme` needs it to build the runner's wheel in the image",
+        )
+    base = ensure_base_image(pm)
+    started = time.monotonic()
+    build_image(pm, RUNNER_IMAGE, build_args={"PYTHON_IMAGE": base})
+    print(f"\nbuilt {RUNNER_IMAGE} on {base} in {time.monotonic() - started:.0f} s")
+    return RUNNER_IMAGE
+
+
+@pytest.fixture(scope="session")
+def app_image(pm: list[str], runner_image: str) -> str:
+    """The documented recipe: FROM the runner image, COPY alembic.ini and migrations/."""
+    build_image(
+        pm,
+        APP_IMAGE,
+        dockerfile="deploy/Dockerfile.example-app",
+        build_args={"RUNNER_IMAGE": runner_image},
+    )
+    return APP_IMAGE
+
+
+@pytest.fixture
+def db_url(pg_url: str) -> str:
+    """The test database as seen from a `--network host` container (TCP only)."""
+    url = make_url(pg_url)
+    if not url.host or url.query.get("host"):
+        missing(
+            "the test PostgreSQL is reached through a Unix socket, the image tests need TCP",
+            hint="set MIGRATION_TEST_POSTGRES_URL=postgresql://user@127.0.0.1:5432/postgres",
+        )
+    return pg_url
+
+
+def events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def finished(stderr: str) -> dict[str, Any]:
+    found = [e for e in events(stderr) if e.get("event") == "run_finished"]
+    assert len(found) == 1, f"expected one run_finished event on stderr:\n{stderr[-3000:]}"
+    return found[0]
+
+
+def podman_run(
+    pm: list[str],
+    image: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    options: tuple[str, ...] = (),
+    timeout: float = 180,
+) -> Any:
+    """`podman run` the way the docs recommend: read-only root, tmpfs /tmp, host network."""
+    cmd = [*pm, "run", "--rm", *PODMAN_RUN, "--network", "host", "--read-only"]
+    cmd += ["--tmpfs", CONTAINER_TMPFS, *options]
+    for key, value in (env or {}).items():
+        cmd += ["--env", f"{key}={value}"]
+    return run([*cmd, image, *args], timeout=timeout, check=False)
+
+
+def test_image_metadata_entrypoint_cmd_user_workdir(pm: list[str], runner_image: str) -> None:
+    (info,) = json.loads(run([*pm, "image", "inspect", runner_image]).stdout)
+    config = info["Config"]
+    assert config["Entrypoint"] == ["migration-runner"]
+    assert config["Cmd"] == ["upgrade"]
+    assert config["User"] == f"{IMAGE_UID}:{IMAGE_UID}", "a fixed numeric non-root UID"
+    assert config["WorkingDir"] == "/app"
+    assert config.get("StopSignal", "SIGTERM") == "SIGTERM"
+
+
+def test_image_size_is_reported_and_bounded(
+    pm: list[str], runner_image: str, record_property: Any
+) -> None:
+    size = int(run([*pm, "image", "inspect", "--format", "{{.Size}}", runner_image]).stdout)
+    base = run([*pm, "image", "inspect", "--format", "{{.Size}}", ensure_base_image(pm)]).stdout
+    added = size - int(base)
+    record_property("image_size_bytes", size)
+    print(f"\nimage {runner_image}: {size / 1e6:.0f} MB total, {added / 1e6:.0f} MB over its base")
+    # The runtime stage adds only the venv (dependencies + runner); keep it that way.
+    assert added < 250e6, f"the runtime layer grew to {added / 1e6:.0f} MB"
+
+
+def test_runtime_stage_holds_no_build_tools_and_keeps_the_kubernetes_client(
+    pm: list[str], runner_image: str
+) -> None:
+    probe = (
+        "import importlib.util, kubernetes.client, kubernetes.config, runner.cli;"
+        "print(importlib.util.find_spec('pip') is None, importlib.util.find_spec('setuptools')"
+        " is None)"
+    )
+    proc = podman_run(pm, runner_image, "-c", probe, options=("--entrypoint", "python3"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"], "pip/setuptools left in the runtime venv"
+
+
+@pytest.mark.timeout(600)
+def test_upgrade_in_derived_image_migrates_postgres_and_exits_0(
+    pm: list[str], app_image: str, db_url: str
+) -> None:
+    env = {"MIGRATION_DATABASE_URL": db_url}
+    first = podman_run(pm, app_image, env=env)  # default CMD: upgrade
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = finished(first.stderr)
+    assert summary["exit_code"] == 0 and summary["outcome"] == "success"
+    assert summary["applied"] == EXAMPLE_REVISIONS
+    assert first.stdout == "", "logs go to stderr; stdout is for command output"
+
+    again = podman_run(pm, app_image, "upgrade", env=env)
+    assert again.returncode == 0
+    assert finished(again.stderr)["applied"] == 0, "a second run has nothing to do"
+
+    check = podman_run(pm, app_image, "check", env=env)
+    assert check.returncode == 0, check.stderr[-2000:]
+
+
+@pytest.mark.timeout(600)
+def test_exit_codes_come_out_of_the_container_unchanged(
+    pm: list[str], runner_image: str, app_image: str, db_url: str
+) -> None:
+    no_url = podman_run(pm, app_image)
+    assert no_url.returncode == ExitCode.CONFIG, no_url.stderr[-2000:]
+    assert finished(no_url.stderr)["exit_code"] == ExitCode.CONFIG
+
+    pending = podman_run(pm, app_image, "check", env={"MIGRATION_DATABASE_URL": db_url})
+    assert pending.returncode == ExitCode.PENDING, pending.stderr[-2000:]
+
+    # The bare runner image has no alembic.ini: a configuration error, not a crash.
+    no_project = podman_run(pm, runner_image, env={"MIGRATION_DATABASE_URL": db_url})
+    assert no_project.returncode == ExitCode.CONFIG, no_project.stderr[-2000:]
+
+
+@pytest.mark.timeout(600)
+def test_runs_under_an_arbitrary_numeric_uid_with_read_only_root(
+    pm: list[str], app_image: str, db_url: str
+) -> None:
+    """OpenShift-style random UID (group 0) and a read-only root: nothing writes outside /tmp."""
+    proc = podman_run(
+        pm,
+        app_image,
+        "upgrade",
+        env={"MIGRATION_DATABASE_URL": db_url},
+        options=("--user", "123456:0", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert finished(proc.stderr)["applied"] == EXAMPLE_REVISIONS
+
+
+@pytest.fixture
+def container_name(pm: list[str]) -> Iterator[str]:
+    name = f"mr-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    run([*pm, "rm", "--force", "--ignore", name], check=False, timeout=120)
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_reaches_the_runner_as_pid_1_and_exits_143(
+    pm: list[str], app_image: str, db_url: str, container_name: str
+) -> None:
+    """`wait` on a database that is not at head blocks; `podman stop` sends SIGTERM to PID 1
+    (the runner itself, no init wrapper) and the runner's own exit code 143 comes out."""
+    run(
+        [
+            *pm,
+            "run",
+            "--detach",
+            "--name",
+            container_name,
+            *PODMAN_RUN,
+            "--network",
+            "host",
+            "--read-only",
+            "--tmpfs",
+            CONTAINER_TMPFS,
+            "--env",
+            f"MIGRATION_DATABASE_URL={db_url}",
+            "--env",
+            "MIGRATION_WAIT_TIMEOUT=600",
+            app_image,
+            "wait",
+        ]
+    )
+    deadline = time.monotonic() + 60
+    logs = ""
+    while time.monotonic() < deadline:
+        logs = run([*pm, "logs", container_name], check=False).stderr
+        if logs.strip():
+            break
+        time.sleep(0.5)
+    assert logs.strip(), "the runner logged nothing within 60 s"
+    time.sleep(1)
+    pid1 = run([*pm, "top", container_name, "pid", "args"], check=False).stdout
+    assert "migration-runner" in pid1, pid1
+
+    run([*pm, "stop", "--time", "20", container_name], timeout=120)
+    code = run([*pm, "inspect", "--format", "{{.State.ExitCode}}", container_name]).stdout
+    logs = run([*pm, "logs", container_name]).stderr
+    assert int(code) == ExitCode.SIGTERM, logs[-3000:]
+    assert finished(logs)["exit_code"] == ExitCode.SIGTERM
