@@ -97,7 +97,19 @@ _SETTING_FLAGS = ("config", "script_location", "database_url", "connect_timeout"
                   "log_level", "on_db_ahead", "wait_timeout")
 
 
+#: Signals that arrived before the supervisor took over (during start-up imports).
+_early_signals: list[int] = []
+
+
+def _remember_early_signal(signum: int, _: FrameType | None) -> None:
+    _early_signals.append(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    # As PID 1 in a container, a signal without a handler is ignored; without PID 1 it kills
+    # the process mid-import. Either way the run would not report; remember it instead.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _remember_early_signal)
     sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
 
 
@@ -132,7 +144,7 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
     observers = observers_for(settings)
     notify(observers, lambda o: o.run_started(args.command))
 
-    from runner.db import CancelToken
+    from runner.cancel import CancelToken
 
     cancel = CancelToken()
     outcome: dict[str, Any] = {}
@@ -181,6 +193,8 @@ def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, An
         cancel.cancel(name, code)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    for signum in _early_signals:
+        on_signal(signum, None)
     try:
         worker.start()
         deadline: float | None = None
@@ -205,9 +219,15 @@ def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, An
 
 def _dispatch(args: argparse.Namespace, settings: Any, cancel: Any,
               observers: Sequence[RunObserver], report: RunReport, stdout: TextIO) -> int:
-    from runner import commands
+    from runner import fastpath
 
-    return commands.run_command(args, settings, cancel, observers, report, stdout)
+    code, handoff = fastpath.attempt(args.command, getattr(args, "revision", "head"), settings,
+                                     cancel, report)
+    if code is not None:
+        return code
+    from runner import commands  # loads Alembic and SQLAlchemy: the full path
+
+    return commands.run_command(args, settings, cancel, observers, report, stdout, handoff)
 
 
 def observers_for(settings: Any) -> list[RunObserver]:

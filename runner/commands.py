@@ -13,7 +13,9 @@ from typing import Any, TextIO
 
 import structlog
 
+from runner import cache
 from runner.db import CancelToken
+from runner.fastpath import Handoff
 from runner.errors import DatabaseAhead, ExitCode
 from runner.migrate import CheckResult, Migrator
 from runner.observers import RunObserver
@@ -24,12 +26,33 @@ log = structlog.get_logger("runner")
 
 
 def run_command(args: argparse.Namespace, settings: Settings, cancel: CancelToken,
-                observers: Sequence[RunObserver], report: RunReport, out: TextIO) -> int:
-    migrator = Migrator(settings, cancel, observers, report)
+                observers: Sequence[RunObserver], report: RunReport, out: TextIO,
+                handoff: Handoff | None = None) -> int:
     try:
-        return _COMMANDS[args.command](migrator, args, report, out)
+        migrator = Migrator(settings, cancel, observers, report, handoff)
+    except BaseException:
+        if handoff is not None:
+            handoff.connection.close()  # the server drops the lock with the connection
+        raise
+    try:
+        code = _COMMANDS[args.command](migrator, args, report, out)
+        _remember(migrator, settings)
+        return code
     finally:
         migrator.close()
+
+
+def _remember(migrator: Migrator, settings: Settings) -> None:
+    """Cache Alembic's answers for the fast path of the next run (best effort)."""
+    facts = migrator.project_facts()
+    if facts is None or not settings.fast_path or settings.cache_dir is None:
+        return
+    entry = cache.entry_path(settings.cache_dir, settings.config, settings.script_location,
+                             settings.environment_digest)
+    if cache.lookup(entry) != facts:
+        stored = cache.store(entry, facts)
+        log.debug("fast_path_cache_stored" if stored else "fast_path_cache_unwritable",
+                  path=str(entry))
 
 
 def _upgrade(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:

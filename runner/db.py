@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +20,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from runner import redact
+from runner.cancel import CancelToken
 from runner.errors import (
     ConfigError,
     DatabaseUnavailable,
-    Interrupted,
     PermissionDenied,
     RunnerError,
 )
@@ -57,56 +56,6 @@ _MYSQL_SQLSTATE = {
     1290: READ_ONLY_TRANSACTION,  # --read-only
     1792: READ_ONLY_TRANSACTION,  # read-only transaction
 }
-
-
-class CancelToken:
-    """Set by the signal handler; checked by every loop and before every statement."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signal_name = ""
-        self.exit_code = 0
-        self._cancel_in_flight: list[Any] = []
-        self._cleaning_up = False
-
-    def cancel(self, signal_name: str, exit_code: int) -> None:
-        self.signal_name, self.exit_code = signal_name, exit_code
-        self.event.set()
-        self.cancel_statement()
-
-    def cleanup_started(self) -> None:
-        """From here on the run only rolls back and unlocks: let those statements through."""
-        self._cleaning_up = True
-
-    def cancel_statement(self) -> None:
-        """Ask the server to stop the statement in flight (safe from another thread)."""
-        if self._cleaning_up:
-            return
-        for fn in list(self._cancel_in_flight):
-            with contextlib.suppress(Exception):
-                fn()
-
-    def on_cancel(self, fn: Any) -> None:
-        self._cancel_in_flight.append(fn)
-
-    @property
-    def cleaning_up(self) -> bool:
-        return self._cleaning_up
-
-    @property
-    def cancelled(self) -> bool:
-        return self.event.is_set()
-
-    def check(self) -> None:
-        if self.event.is_set():
-            from runner.errors import ExitCode
-
-            raise Interrupted(self.signal_name, ExitCode(self.exit_code))
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but wake up and raise at once when cancelled."""
-        if self.event.wait(max(0.0, seconds)):
-            self.check()
 
 
 @dataclass
@@ -171,7 +120,10 @@ def classify_connect_error(exc: BaseException, target: str) -> RunnerError | Non
     return None
 
 
-def make_engine(db: DatabaseUrl, session: SessionSettings, cancel: CancelToken) -> Engine:
+def make_engine(db: DatabaseUrl, session: SessionSettings, cancel: CancelToken,
+                creator: Any = None) -> Engine:
+    """`creator`: hand SQLAlchemy an already open DBAPI connection (the fast path's, which
+    holds the migration lock) instead of opening a new one."""
     connect_args: dict[str, Any] = {}
     backend = db.backend
     if backend == "postgresql":
@@ -189,9 +141,11 @@ def make_engine(db: DatabaseUrl, session: SessionSettings, cancel: CancelToken) 
             "connect_timeout": max(2, int(session.connect_attempt_timeout_s)),
             "read_timeout": None,
         }
+    extra: dict[str, Any] = {"creator": creator} if creator is not None else {}
     engine = create_engine(
         db.url,
         poolclass=NullPool,
+        **extra,
         hide_parameters=True,  # bind parameters never reach a log line or an error message
         connect_args=connect_args,
     )
@@ -268,6 +222,14 @@ def connect(
         return conn
 
 
+def flush_commits(conn: Connection) -> None:
+    """Make every earlier asynchronous commit durable: committing a transaction that has a
+    transaction id with synchronous_commit on waits for the WAL flush up to that point."""
+    conn.exec_driver_sql("SET synchronous_commit = on")
+    conn.exec_driver_sql("SELECT txid_current()")
+    conn.commit()
+
+
 def _prepare_session(conn: Connection, db: DatabaseUrl, session: SessionSettings) -> None:
     """Session limits that keep a migration from freezing the database (PostgreSQL)."""
     if db.backend == "postgresql":
@@ -277,13 +239,16 @@ def _prepare_session(conn: Connection, db: DatabaseUrl, session: SessionSettings
             f"SET statement_timeout = {int(session.statement_timeout_s * 1000)}",
             "SET idle_in_transaction_session_timeout = "
             f"{int(session.idle_in_transaction_timeout_s * 1000)}",
+            # Each revision commits on its own; waiting for a WAL flush at each of them would
+            # cost one fsync per revision. The run flushes once before it reports success
+            # (`flush_commits`), so what `run_finished` reports as applied is durable.
+            "SET synchronous_commit = off",
         ]
         if version >= (14,):
             # Lets the server notice a vanished client (SIGKILL, cut network) mid-statement
             # and release the advisory lock, instead of running on until the statement ends.
             statements.append("SET client_connection_check_interval = 2000")
-        for statement in statements:
-            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("; ".join(statements))
         conn.commit()
     elif db.backend in ("mysql", "mariadb"):
         if session.statement_timeout_s:

@@ -20,11 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from typing import TYPE_CHECKING
 
-from runner.db import CancelToken
+from runner.cancel import CancelToken
 from runner.errors import ConfigError, LockTimeout
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 
 class MigrationLock(Protocol):
@@ -46,13 +48,16 @@ def derive_key(database: str, schema: str | None, table: str) -> int:
 class PostgresAdvisoryLock:
     """A session-level advisory lock on the connection that runs the migrations."""
 
-    def __init__(self, conn: Connection, key: int) -> None:
+    def __init__(self, conn: Connection, key: int, held: bool = False) -> None:
         self.conn = conn
         self.key_int = key
         self.key = str(key)
-        self._held = False
+        # `held`: adopted from the fast path, which took the lock on this very connection.
+        self._held = held
 
     def _scalar(self, sql: str, **params: int) -> object:
+        from sqlalchemy import text
+
         # Each poll is its own short transaction, committed at once: never idle in one.
         try:
             return self.conn.execute(text(sql), params).scalar()
@@ -87,6 +92,8 @@ class MySqlNamedLock:
         self._held = False
 
     def _scalar(self, sql: str) -> object:
+        from sqlalchemy import text
+
         try:
             return self.conn.execute(text(sql), {"name": self.key}).scalar()
         finally:

@@ -39,10 +39,12 @@ from runner.db import (
     SessionSettings,
     classify_connect_error,
     connect,
+    flush_commits,
     make_engine,
     one_line,
     sqlstate_of,
 )
+from runner.fastpath import Handoff
 from runner.errors import (
     ConfigError,
     DatabaseAhead,
@@ -57,6 +59,7 @@ from runner.errors import (
     UsageError,
     WaitTimeout,
 )
+from runner.cache import ProjectFacts
 from runner.observers import RunObserver, notify
 from runner.report import AppliedRevision, RunReport
 from runner.revisions import PendingRevision, RevisionGraph, load_config, set_database_url
@@ -159,7 +162,8 @@ class Migrator:
     """One run of one command against one database."""
 
     def __init__(self, settings: Settings, cancel: CancelToken,
-                 observers: Sequence[RunObserver], report: RunReport) -> None:
+                 observers: Sequence[RunObserver], report: RunReport,
+                 handoff: Handoff | None = None) -> None:
         self.settings = settings
         self.cancel = cancel
         self.observers = observers
@@ -173,6 +177,10 @@ class Migrator:
         self._configured = False
         self._current_step: PendingRevision | None = None
         self._version_table = VersionTable()
+        #: The version table env.py configured, once seen (cached for the fast path).
+        self.seen_version_table: VersionTable | None = None
+        self._handoff = handoff
+        self._wrote = False
 
     # -- connection and lock -------------------------------------------------------------
 
@@ -181,7 +189,6 @@ class Migrator:
         if self._db is None:
             self._db = self.settings.database()
             set_database_url(self.cfg, self._env_url())
-            # The cookbook env.py pattern: use the connection handed over in attributes.
         return self._db
 
     def _env_url(self) -> str:
@@ -197,15 +204,25 @@ class Migrator:
                 idle_in_transaction_timeout_s=self.settings.idle_in_transaction_timeout,
                 connect_attempt_timeout_s=min(10.0, max(2.0, self.settings.connect_timeout)),
             )
-            self._engine = make_engine(self.db, session, self.cancel)
+            handoff, self._handoff = self._handoff, None
+            creator = (lambda: handoff.connection) if handoff else None
+            self._engine = make_engine(self.db, session, self.cancel, creator)
             self._conn = connect(self._engine, self.db, session,
                                  self.settings.connect_timeout, self.cancel)
+            # The cookbook env.py pattern: use the connection handed over in attributes.
             self.cfg.attributes["connection"] = self._conn
+            if handoff is not None:
+                self._lock = locks.PostgresAdvisoryLock(self._conn, handoff.lock_key, held=True)
         return self._conn
 
     def close(self) -> None:
         """Release the lock and close the connection; never raises (runs in `finally`)."""
         self.cancel.cleanup_started()
+        if self._wrote and self._conn is not None and self.db.backend == "postgresql":
+            try:
+                flush_commits(self._conn)
+            except Exception as exc:
+                log.warning("commit_flush_failed", reason=one_line(exc))
         if self._lock is not None:
             try:
                 self._lock.release()
@@ -223,6 +240,15 @@ class Migrator:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def project_facts(self) -> ProjectFacts | None:
+        """What the fast path may reuse next time: Alembic's heads and env.py's version table."""
+        vt = self.seen_version_table
+        if vt is None:
+            return None
+        dirs, recursive = self.graph.project_files()
+        files = [str(self.settings.config.absolute())] if self.settings.config.is_file() else []
+        return ProjectFacts(list(self.graph.heads), vt.name, vt.schema, dirs, recursive, files)
 
     def _read_heads(self, version_table: VersionTable) -> tuple[str, ...]:
         conn = self.connection()
@@ -272,6 +298,7 @@ class Migrator:
 
         def configure_hook(kw: dict[str, Any]) -> Any:
             self._configured = True
+            self.seen_version_table = _version_table(kw)
             return on_configure(kw)
 
         environment = _RunnerEnvironment(
@@ -510,6 +537,7 @@ class Migrator:
         # Called once the step's transaction has committed (Alembic commits before asking for
         # the next step), so "applied" is never claimed for work that was rolled back.
         self._current_step = None
+        self._wrote = True
         applied = AppliedRevision(info.revision, info.down_revision, info.message,
                                   int((time.monotonic() - started) * 1000))
         if report_steps:

@@ -87,7 +87,7 @@ class RevisionGraph:
             raise GraphError(f"duplicate revision id: {duplicates[0]}", duplicates=duplicates)
         self.heads: tuple[str, ...] = tuple(heads)
         if not self.heads:
-            raise ConfigError(f"the script directory {self.script.versions} holds no revisions")
+            raise ConfigError(f"the script directory {self.script.dir} holds no revisions")
 
     @property
     def is_async_env(self) -> bool:
@@ -133,6 +133,14 @@ class RevisionGraph:
 
     def is_head_state(self, db_heads: tuple[str, ...]) -> bool:
         return set(db_heads) == set(self.heads)
+
+    def project_files(self) -> tuple[list[str], bool]:
+        """Directories whose .py files define the project (env.py's and the versions'), and
+        whether version locations are searched recursively."""
+        # `_version_locations` resolves `version_locations` exactly as Alembic loads them.
+        locations = [str(p) for p in self.script._version_locations]  # noqa: SLF001
+        return [str(Path(self.script.dir).absolute()), *locations], bool(
+            self.script.recursive_version_locations)
 
     def describe(self, revision: str) -> PendingRevision | None:
         try:

@@ -6,6 +6,7 @@ every setting has a default documented in the README's configuration table.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,13 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     on_db_ahead: Literal["warn", "fail"] = "warn"
+    # The fast path answers "already at head" from a cache of Alembic's own answers, without
+    # importing Alembic or SQLAlchemy (see runner/fastpath.py). Off: always the full path.
+    fast_path: bool = True
+    cache_dir: Path | None = None
+    #: Digest of the environment the project's env.py sees (the database URL excluded): a
+    #: cached answer is reused only under the same environment. Computed, not configured.
+    environment_digest: str = Field(default="", exclude=True)
     # Kubernetes (issue: the outcome visible in the cluster). Filled by the Downward API.
     kube_events: Literal["auto", "on", "off"] = "auto"
     pod_name: str | None = None
@@ -112,9 +120,30 @@ def _database_url_from_environment() -> tuple[str, str] | None:
     return None
 
 
+# Variables that change between runs without changing what env.py configures.
+_NOT_IN_DIGEST = frozenset({*URL_SOURCES, "MIGRATION_LOG_FORMAT", "MIGRATION_LOG_LEVEL"})
+
+
+def _environment_digest() -> str:
+    digest = hashlib.sha256()
+    for key in sorted(os.environ):
+        if key not in _NOT_IN_DIGEST:
+            digest.update(f"{key}\0{os.environ[key]}\0".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _default_cache_dir() -> Path | None:
+    base = os.environ.get("XDG_CACHE_HOME") or (
+        str(Path(os.environ["HOME"], ".cache")) if os.environ.get("HOME") else None)
+    return Path(base, "migration-runner") if base else None
+
+
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     """Read settings from the environment; `overrides` (from flags) win over it."""
     values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values["environment_digest"] = _environment_digest()
+    if not os.environ.get("MIGRATION_CACHE_DIR"):
+        values.setdefault("cache_dir", _default_cache_dir())
     if "database_url" in values:
         redact.register_url_text(values["database_url"])
         values["database_url_source"] = "--database-url"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from typing import TYPE_CHECKING
 
 from runner import redact
 from runner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 # scheme (as typed) -> (dialect, sync driver). A bare PostgreSQL URL means psycopg2: SQLAlchemy
 # 2.1 would otherwise pick psycopg 3, and the runner's cancel/keepalive handling is tuned for it.
@@ -83,6 +84,9 @@ class DatabaseUrl:
 
 def parse_database_url(raw: str, *, source: str) -> DatabaseUrl:
     """Parse and normalise `raw` (read from `source`, an env var name used in messages)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     redact.register_url_text(raw)
     try:
         url = make_url(raw.strip())

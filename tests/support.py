@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 CI = bool(os.environ.get("CI"))
+# The fast path's cache of a CLI run, private to this test session (not the user's ~/.cache).
+CACHE_DIR = tempfile.mkdtemp(prefix="migration-runner-test-cache-")
 
 
 @dataclass
@@ -63,6 +66,7 @@ def cli_env(database_url: str | None, **extra: str) -> dict[str, str]:
            if not k.startswith(("MIGRATION_", "GITHUB_", "KUBERNETES_")) and k != "DATABASE_URL"}
     env["MIGRATION_LOG_FORMAT"] = "json"
     env["PYTHONUNBUFFERED"] = "1"
+    env["MIGRATION_CACHE_DIR"] = CACHE_DIR
     if database_url is not None:
         env["MIGRATION_DATABASE_URL"] = database_url
     env.update(extra)

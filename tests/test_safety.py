@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from tests.support import Rev, chain, finish, run_cli, start_cli, with_credentials, write_project
-from tests.test_upgrade import execute, scalar
+from tests.test_upgrade import ADVISORY_LOCKS_HERE, execute, scalar
 
 ALTER = Rev("alter", "r0000", message="add a column to a busy table",
             upgrade='op.add_column("t_r0000", sa.Column("note", sa.Text))')
@@ -80,7 +80,7 @@ def test_app_queries_wait_at_most_about_one_lock_timeout_while_ddl_is_queued(
     assert result.returncode == 75 and result.finished["outcome"] == "ddl_lock_budget_exhausted"
     assert result.finished["revision"] == "alter"
     assert scalar(pg_url, "SELECT version_num FROM alembic_version") == "r0000"
-    assert scalar(pg_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert scalar(pg_url, ADVISORY_LOCKS_HERE) == 0
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -95,7 +95,7 @@ op.execute("SELECT pg_sleep(60)")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if scalar(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
-                          "'SELECT pg_sleep(60)%'"):
+                          "'SELECT pg_sleep(60)%' AND datname = current_database()"):
             break
         time.sleep(0.1)
     sent = time.monotonic()
@@ -107,7 +107,7 @@ op.execute("SELECT pg_sleep(60)")
     assert result.named("lock_released")
     assert scalar(pg_url, "SELECT version_num FROM alembic_version") == "r0000"
     assert scalar(pg_url, "SELECT to_regclass('partial') IS NULL") is True
-    assert scalar(pg_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert scalar(pg_url, ADVISORY_LOCKS_HERE) == 0
     rerun = run_cli(["upgrade", "--config", str(ini)], pg_url,
                     MIGRATION_STATEMENT_TIMEOUT="1")
     assert rerun.returncode == 70 and "statement timeout" in rerun.finished["reason"]

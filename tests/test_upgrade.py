@@ -18,6 +18,11 @@ LOCK_CHECK = {
 }
 
 
+#: Advisory locks held in the test's own database (pg_locks is cluster-wide).
+ADVISORY_LOCKS_HERE = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                       "(SELECT oid FROM pg_database WHERE datname = current_database())")
+
+
 def scalar(url: str, sql: str) -> object:
     engine = create_engine(url, poolclass=NullPool)
     try:
@@ -138,7 +143,7 @@ op.execute("SELECT * FROM no_such_table")
     assert "no_such_table" in done["reason"] and "Traceback" not in result.stderr
     assert scalar(pg_url, "SELECT version_num FROM alembic_version") == "r0001"
     assert "half" not in tables(pg_url), "the failing revision was rolled back whole"
-    assert scalar(pg_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert scalar(pg_url, ADVISORY_LOCKS_HERE) == 0
 
 
 def test_python_exception_in_a_revision_exits_70_naming_the_revision(
