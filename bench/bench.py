@@ -11,6 +11,7 @@ Prints a table and writes bench/results.md. The bars come from the issue:
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -52,12 +53,20 @@ def drop(name: str) -> None:
     admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+def timed(cmd: list[str], env: dict[str, str], cwd: Path, expect_applied: int | None = None,
+          ) -> float:
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    if expect_applied is not None and "migration-runner" in cmd[0]:
+        finished = [json.loads(line) for line in proc.stderr.splitlines()
+                    if '"run_finished"' in line]
+        applied = finished[-1]["applied"]
+        if applied != expect_applied:
+            raise SystemExit(f"runner applied {applied}, expected {expect_applied}:\n"
+                             f"{proc.stderr[-3000:]}")
     return elapsed
 
 
@@ -82,7 +91,7 @@ def main() -> None:
     rows = []
 
     noop_alembic = [timed(alembic_cmd(), env, work) for _ in range(RUNS)]
-    noop_runner = [timed(runner_cmd(), env, work) for _ in range(RUNS)]
+    noop_runner = [timed(runner_cmd(), env, work, expect_applied=0) for _ in range(RUNS)]
     drop(name)
     rows.append(("no-op upgrade (at head)", statistics.median(noop_alembic),
                  statistics.median(noop_runner), 1.0))
@@ -94,7 +103,8 @@ def main() -> None:
         apply_alembic.append(timed(alembic_cmd(), cli_env(url), work))
         drop(name)
         name, url = fresh_db()
-        apply_runner.append(timed(runner_cmd(), cli_env(url, MIGRATION_CONFIG=str(ini)), work))
+        apply_runner.append(timed(runner_cmd(), cli_env(url, MIGRATION_CONFIG=str(ini)), work,
+                                  expect_applied=100))
         drop(name)
     single = statistics.median(apply_runner)
     rows.append(("apply 100 revisions", statistics.median(apply_alembic), single, 1.25))

@@ -14,9 +14,9 @@ from typing import Any, TextIO
 import structlog
 
 from runner import cache
-from runner.db import CancelToken
-from runner.fastpath import Handoff
+from runner.cancel import CancelToken
 from runner.errors import DatabaseAhead, ExitCode
+from runner.fastpath import Handoff
 from runner.migrate import CheckResult, Migrator
 from runner.observers import RunObserver
 from runner.report import RunReport

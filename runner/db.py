@@ -7,8 +7,8 @@ connection can keep a session-level advisory lock alive after the run released i
 
 from __future__ import annotations
 
-import contextlib
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +72,7 @@ def sqlstate_of(exc: BaseException) -> str | None:
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if code:
         return str(code)
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = getattr(orig, "args", ())
     if args and isinstance(args[0], int):
         return _MYSQL_SQLSTATE.get(args[0], f"MY{args[0]}")
     return None
@@ -85,7 +85,7 @@ def one_line(exc: BaseException) -> str:
     primary = getattr(diag, "message_primary", None)
     if primary:
         return redact.redact(str(primary))
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = getattr(orig, "args", ())
     if len(args) >= 2 and isinstance(args[0], int):  # PyMySQL: (errno, message)
         return redact.redact(str(args[1]).splitlines()[0])
     text_ = str(orig).strip()
@@ -158,11 +158,54 @@ def make_engine(db: DatabaseUrl, session: SessionSettings, cancel: CancelToken,
     return engine
 
 
+def _in_background(fn: Any) -> Any:
+    """`fn` run in a daemon thread, at most one at a time: a cancel request sent into a dead
+    or silent network (PQcancel has no timeout) must not block the signal handler that sends
+    it, or SIGTERM would never end the run."""
+    busy = threading.Lock()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception as exc:
+            log.debug("cancel_request_failed", reason=one_line(exc))
+        finally:
+            busy.release()
+
+    def start() -> None:
+        if busy.acquire(blocking=False):
+            threading.Thread(target=run, name="cancel-request", daemon=True).start()
+
+    return start
+
+
 def _cancel_function(conn: Connection, db: DatabaseUrl) -> Any:
-    """A callable that interrupts the statement running on `conn`, from any thread."""
-    dbapi_conn = conn.connection.dbapi_connection
-    if db.backend == "postgresql" and hasattr(dbapi_conn, "cancel"):
-        return dbapi_conn.cancel
+    """A callable that interrupts the statement running on `conn`, from any thread, and
+    returns at once."""
+    return _in_background(_blocking_cancel_function(conn, db))
+
+
+def _blocking_cancel_function(conn: Connection, db: DatabaseUrl) -> Any:
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    if db.backend == "postgresql":
+        # Not psycopg2's `connection.cancel()`: it calls PQcancel while holding the GIL and
+        # PQcancel has no timeout, so with a silent network it froze the whole process, signal
+        # handler included. `pg_cancel_backend` over a short-lived connection with a connect
+        # timeout does the same job and gives up after a few seconds.
+        info = getattr(dbapi_conn, "info", None)
+        pid = getattr(info, "backend_pid", None) or dbapi_conn.get_backend_pid()
+
+        def cancel_backend() -> None:
+            killer = create_engine(db.url, poolclass=NullPool, connect_args={
+                "connect_timeout": 3, "application_name": f"{APPLICATION_NAME}-cancel"})
+            try:
+                with killer.connect() as other:
+                    other.exec_driver_sql("SET statement_timeout = 3000")
+                    other.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": int(pid)})
+            finally:
+                killer.dispose()
+
+        return cancel_backend
     if db.backend == "sqlite" and hasattr(dbapi_conn, "interrupt"):
         return dbapi_conn.interrupt
     if db.backend in ("mysql", "mariadb"):
@@ -256,5 +299,6 @@ def _prepare_session(conn: Connection, db: DatabaseUrl, session: SessionSettings
             value = (session.statement_timeout_s if variable == "max_statement_time"
                      else int(session.statement_timeout_s * 1000))
             conn.exec_driver_sql(f"SET SESSION {variable} = {value}")
-        conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {max(1, int(session.ddl_lock_timeout_s))}")
+        lock_wait = max(1, int(session.ddl_lock_timeout_s))
+        conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {lock_wait}")
         conn.commit()

@@ -14,19 +14,17 @@ path runs and reports exactly as if the fast path did not exist.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import structlog
 
 from runner import cache
 from runner.cancel import CancelToken
 from runner.errors import ExitCode
 from runner.lock import acquire, derive_key
+from runner.logs import log
 from runner.report import RunReport
 from runner.settings import Settings
-
-log = structlog.get_logger("runner")
 
 _PG_SCHEMES = {"postgres", "postgresql", "postgres+psycopg2", "postgresql+psycopg2",
                "postgresql+psycopg", "postgresql+asyncpg", "postgresql+psycopg_async"}
@@ -85,7 +83,8 @@ def _read_heads(conn: Any, facts: cache.ProjectFacts) -> tuple[str, ...] | None:
 
 
 def attempt(command: str, target: str, settings: Settings, cancel: CancelToken,
-            report: RunReport) -> tuple[int | None, Handoff | None]:
+            report: RunReport, on_wait: Callable[[], None] = lambda: None,
+            ) -> tuple[int | None, Handoff | None]:
     """(exit code, None) when answered here; (None, handoff or None) for the full path."""
     if (not settings.fast_path or settings.cache_dir is None or target != "head"
             or command not in ("upgrade", "wait") or settings.database_url is None):
@@ -122,9 +121,19 @@ def attempt(command: str, target: str, settings: Settings, cancel: CancelToken,
         lock = _DbapiAdvisoryLock(conn, key)
 
         def waiting(waited_s: float) -> None:
+            on_wait()
             log.info("lock_waiting", key=lock.key, reason="held by another runner")
 
-        waited = acquire(lock, settings.lock_timeout, cancel, waiting)
+        def done() -> bool:
+            current = _read_heads(conn, facts)
+            return current is not None and set(current) == set(facts.heads)
+
+        waited = acquire(lock, settings.lock_timeout, cancel, waiting, done)
+        if waited is None:
+            log.info("lock_not_needed", key=lock.key,
+                     reason="another runner reached the target")
+            _up_to_date(report, _read_heads(conn, facts) or ())
+            return ExitCode.OK, None
         log.info("lock_acquired", key=lock.key, waited_s=round(waited, 3), backend="postgresql")
         heads = _read_heads(conn, facts)
         if heads is not None and set(heads) == set(facts.heads):

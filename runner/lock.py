@@ -18,9 +18,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Protocol
-
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 from runner.cancel import CancelToken
 from runner.errors import ConfigError, LockTimeout
@@ -59,10 +57,16 @@ class PostgresAdvisoryLock:
         from sqlalchemy import text
 
         # Each poll is its own short transaction, committed at once: never idle in one.
+        # On failure, roll back and re-raise the original error: a commit in `finally` would
+        # replace "connection lost" with SQLAlchemy's PendingRollbackError.
         try:
-            return self.conn.execute(text(sql), params).scalar()
-        finally:
-            self.conn.commit()
+            value = self.conn.execute(text(sql), params).scalar()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.conn.rollback()
+            raise
+        self.conn.commit()
+        return value
 
     def try_acquire(self) -> bool:
         self._held = bool(self._scalar("SELECT pg_try_advisory_lock(:k)", k=self.key_int))
@@ -81,6 +85,22 @@ class PostgresAdvisoryLock:
             self._held = False
             self._scalar("SELECT pg_advisory_unlock(:k)", k=self.key_int)
 
+    def release_on(self, other: Connection) -> None:
+        """Release through `other`, a connection found on the locking backend (a pooler
+        moved this lock's session there); `release()` then has nothing left to do."""
+        from sqlalchemy import text
+
+        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key_int})
+        self._held = False
+
+
+def backend_pid(conn: Connection, commit: bool = True) -> int:
+    """The server process behind `conn` for its current (or a new) transaction."""
+    pid = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() or 0)
+    if commit:
+        conn.commit()
+    return pid
+
 
 class MySqlNamedLock:
     """`GET_LOCK` with a zero wait, polled like the PostgreSQL lock."""
@@ -95,9 +115,13 @@ class MySqlNamedLock:
         from sqlalchemy import text
 
         try:
-            return self.conn.execute(text(sql), {"name": self.key}).scalar()
-        finally:
-            self.conn.commit()
+            value = self.conn.execute(text(sql), {"name": self.key}).scalar()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.conn.rollback()
+            raise
+        self.conn.commit()
+        return value
 
     def try_acquire(self) -> bool:
         self._held = self._scalar("SELECT GET_LOCK(:name, 0)") == 1
@@ -160,10 +184,17 @@ def acquire(
     timeout_s: float,
     cancel: CancelToken,
     on_first_wait: Callable[[float], None] = lambda _: None,
-    poll_s: float = 0.1,
-    max_poll_s: float = 0.5,
-) -> float:
-    """Poll `lock` until it is ours; return seconds waited, or raise `LockTimeout`."""
+    satisfied: Callable[[], bool] | None = None,
+    # A poll is one index lookup on the server: polling often keeps waiters close behind
+    # the holder at no real cost.
+    poll_s: float = 0.05,
+    max_poll_s: float = 0.1,
+) -> float | None:
+    """Poll `lock` until it is ours; return seconds waited, or raise `LockTimeout`.
+
+    `satisfied` is asked after each failed attempt: when it says the holder already did the
+    work (the database reached the target), the waiter returns None without the lock, so ten
+    waiters finish together instead of taking the lock one after another."""
     started = time.monotonic()
     interval = poll_s
     first = True
@@ -175,6 +206,8 @@ def acquire(
         if first:
             on_first_wait(waited)
             first = False
+        if satisfied is not None and satisfied():
+            return None
         if waited >= timeout_s:
             raise LockTimeout(lock.key, waited)
         # Jitter spreads the pollers of 20 runners started together.

@@ -1,5 +1,9 @@
 """Structured logging: one JSON object per line on stderr, for our events and for the stdlib
 loggers of Alembic and SQLAlchemy alike. Every value passes the secret redaction on its way out.
+
+structlog costs ~80 ms to import, which every runner started at once on one machine pays before
+it can even try the lock; so the CLI only records the wanted format (`defer_configuration`) and
+the pipeline is built at the first log line (`log` is a proxy that does that).
 """
 
 from __future__ import annotations
@@ -7,12 +11,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
-
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+from typing import TYPE_CHECKING, Any, TextIO
 
 from runner import redact
+
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -67,6 +71,10 @@ class _OncePerMessage(logging.Filter):
 
 def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging through one renderer writing to `stream` (stderr)."""
+    import structlog
+
+    global _configured
+    _configured = True
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
@@ -115,8 +123,40 @@ def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> Non
     )
 
 
+_pending: tuple[str, str] | None = None
+_configured = False
+
+
+def defer_configuration(fmt: str, level: str) -> None:
+    """Remember the settings; the pipeline is built at the first log line."""
+    global _pending
+    _pending = (fmt, level)
+
+
+def ensure_configured() -> None:
+    if not _configured:
+        fmt, level = _pending or ("auto", "info")
+        configure_logging(fmt, level)
+
+
+class _LazyLogger:
+    """`log.info(...)` for modules on the fast path: configures logging on first use."""
+
+    def __getattr__(self, name: str) -> Any:
+        ensure_configured()
+        import structlog
+
+        return getattr(structlog.get_logger("runner"), name)
+
+
+log: Any = _LazyLogger()
+
+
 def bind_context(**fields: Any) -> None:
     """Add fields (pod name, namespace, job) to every following log line."""
+    ensure_configured()
+    import structlog
+
     structlog.contextvars.bind_contextvars(**{k: v for k, v in fields.items() if v})
 
 

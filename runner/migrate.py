@@ -13,13 +13,14 @@ that reads `config.attributes["connection"]`, and `alembic init -t async`):
 
 from __future__ import annotations
 
+import contextlib
 import logging.config
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 from alembic.config import Config
@@ -30,12 +31,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from runner import lock as locks
+from runner.cache import ProjectFacts
+from runner.cancel import CancelToken
 from runner.db import (
     INSUFFICIENT_PRIVILEGE,
     LOCK_NOT_AVAILABLE,
     QUERY_CANCELED,
     READ_ONLY_TRANSACTION,
-    CancelToken,
     SessionSettings,
     classify_connect_error,
     connect,
@@ -44,7 +46,6 @@ from runner.db import (
     one_line,
     sqlstate_of,
 )
-from runner.fastpath import Handoff
 from runner.errors import (
     ConfigError,
     DatabaseAhead,
@@ -59,7 +60,7 @@ from runner.errors import (
     UsageError,
     WaitTimeout,
 )
-from runner.cache import ProjectFacts
+from runner.fastpath import Handoff
 from runner.observers import RunObserver, notify
 from runner.report import AppliedRevision, RunReport
 from runner.revisions import PendingRevision, RevisionGraph, load_config, set_database_url
@@ -71,7 +72,7 @@ log = structlog.get_logger("runner")
 DEFAULT_VERSION_TABLE = "alembic_version"
 
 
-class _StopEnv(Exception):  # noqa: N818 - control flow, not an error
+class _StopEnv(Exception):
     """Raised inside configure() to end env.py once the runner has what it needed."""
 
 
@@ -120,8 +121,10 @@ class _RunnerEnvironment(EnvironmentContext):
         self._wrap_steps = wrap_steps
         self._on_version_apply = on_version_apply
 
-    def configure(self, connection: Connection | None = None, url: Any = None,
-                  **kw: Any) -> None:
+    # Same keywords as the base class; they pass through **kw untouched.
+    def configure(  # type: ignore[override]
+        self, connection: Connection | None = None, url: Any = None, **kw: Any
+    ) -> None:
         if self.is_offline_mode():
             super().configure(connection=connection, url=url, **kw)
             return
@@ -139,7 +142,9 @@ class _RunnerEnvironment(EnvironmentContext):
 # `alembic.context` forwards module-level calls (context.configure, context.config, ...) to the
 # active EnvironmentContext, keyed by its exact class; share the base class's registration so
 # the subclass is what env.py talks to.
-_RunnerEnvironment._setups[_RunnerEnvironment] = EnvironmentContext._setups[EnvironmentContext]
+_RunnerEnvironment._setups[_RunnerEnvironment] = (  # noqa: SLF001
+    EnvironmentContext._setups[EnvironmentContext]  # noqa: SLF001
+)
 
 
 @contextmanager
@@ -177,6 +182,7 @@ class Migrator:
         self._configured = False
         self._current_step: PendingRevision | None = None
         self._version_table = VersionTable()
+        self._pooler_checked = False
         #: The version table env.py configured, once seen (cached for the fast path).
         self.seen_version_table: VersionTable | None = None
         self._handoff = handoff
@@ -258,13 +264,21 @@ class Migrator:
                   "version_table_schema": version_table.schema},
         )
         try:
-            return tuple(context.get_current_heads())
-        finally:
-            conn.commit()
+            heads = tuple(context.get_current_heads())
+        except BaseException:
+            # Re-raise the real error (e.g. connection lost), not a PendingRollbackError
+            # from committing on a dead connection.
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        conn.commit()
+        return heads
 
-    def _take_lock(self, version_table: VersionTable) -> None:
+    def _take_lock(self, version_table: VersionTable,
+                   satisfied: Callable[[], bool] | None = None) -> bool:
+        """Take the lock; False when `satisfied()` said, while waiting, that it is not needed."""
         if self._lock is not None:
-            return
+            return True
         conn = self.connection()
         key = self.settings.lock_key
         if key is None:
@@ -275,10 +289,50 @@ class Migrator:
             log.info("lock_waiting", key=lock.key, reason="held by another runner")
             notify(self.observers, lambda o: o.lock_waiting(lock.key, waited_s))
 
-        waited = locks.acquire(lock, self.settings.lock_timeout, self.cancel, waiting)
+        waited = locks.acquire(lock, self.settings.lock_timeout, self.cancel, waiting, satisfied)
+        if waited is None:
+            log.info("lock_not_needed", key=lock.key, reason="another runner reached the target")
+            return False
         self._lock = lock
         log.info("lock_acquired", key=lock.key, waited_s=round(waited, 3),
                  backend=self.db.backend)
+        return True
+
+    def _refuse_transaction_pooler(self) -> None:
+        """A transaction-mode pooler (PgBouncer `pool_mode = transaction`) hands each
+        transaction to whichever server connection is free, so a session advisory lock protects
+        nothing. Detect it once, on the write path, right after the lock is held: a second
+        connection must not land on the locking backend, and the runner's connection must stay
+        on it while the second one holds a transaction open."""
+        if self._pooler_checked or self.db.backend != "postgresql" or not isinstance(
+                self._lock, locks.PostgresAdvisoryLock):
+            return
+        self._pooler_checked = True
+        conn = self.connection()
+        locking_pid = locks.backend_pid(conn)
+        probe_engine = make_engine(self.db, SessionSettings(0, 0, 0, 5.0), CancelToken())
+        try:
+            with probe_engine.connect() as probe:
+                probe_pid = locks.backend_pid(probe, commit=False)  # stays pinned: in a txn
+                runner_pid = locks.backend_pid(conn)
+                shared = probe_pid == locking_pid or runner_pid != locking_pid
+                if shared and probe_pid == locking_pid:
+                    # The lock lives on the backend the probe is on: release it there.
+                    self._lock.release_on(probe)
+                probe.rollback()
+        except DBAPIError as exc:
+            log.debug("pooler_probe_failed", reason=one_line(exc))
+            return
+        finally:
+            probe_engine.dispose()
+        if shared:
+            raise ConfigError(
+                f"{self.db.display} is a transaction-mode connection pooler (e.g. PgBouncer "
+                "pool_mode=transaction): each transaction may run on another server "
+                "connection, so the migration lock cannot be held. Point "
+                "MIGRATION_DATABASE_URL at the database directly (or at a session-mode pool)",
+                backend_pids=sorted({locking_pid, probe_pid, runner_pid}),
+            )
 
     def _verify_lock(self) -> None:
         if self._lock is not None and not self._lock.is_held():
@@ -435,7 +489,7 @@ class Migrator:
         script = self.graph.script
 
         def plan(heads: tuple[str, ...]) -> list[PendingRevision]:
-            steps = script._downgrade_revs(target, heads)  # noqa: SLF001
+            steps = script._downgrade_revs(target, cast(Any, heads))  # noqa: SLF001
             return [PendingRevision.of(s.revision) for s in steps]
 
         self._migrate(target, plan=plan,
@@ -478,6 +532,33 @@ class Migrator:
                 self._current_step = None
                 self.cancel.sleep(pause)
                 budget_left -= pause
+            except RunnerError:
+                self._report_invalid_indexes()
+                raise
+
+    def _report_invalid_indexes(self) -> None:
+        """After a failed run on PostgreSQL, name every INVALID index (what a failed or
+        interrupted CREATE INDEX CONCURRENTLY leaves behind): it is not rolled back, and the
+        rerun fails on it ("already exists") until it is dropped. Best effort, never raises."""
+        conn = self._conn
+        if conn is None or self.db.backend != "postgresql" or conn.invalidated:
+            return
+        try:
+            conn.rollback()
+            rows = conn.exec_driver_sql(
+                "SELECT n.nspname, c.relname, t.relname FROM pg_index i"
+                " JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_class t ON t.oid = i.indrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE NOT i.indisvalid ORDER BY 1, 2").all()
+            conn.commit()
+        except Exception as exc:
+            log.debug("invalid_index_check_failed", reason=one_line(exc))
+            return
+        for schema, index, table in rows:
+            log.warning("invalid_index_found", index=index, schema=schema, table=table,
+                        action=f'DROP INDEX CONCURRENTLY "{schema}"."{index}"; fix the cause, '
+                               "then rerun")
 
     def _migrate_once(self, plan: Callable[[tuple[str, ...]], list[PendingRevision]],
                       fn: Callable[..., Any], destination_rev: str, check_ahead: bool,
@@ -496,7 +577,10 @@ class Migrator:
                     report.to_revision = report.from_revision
                     report.outcome = "up_to_date"
                     raise _StopEnv
-                self._take_lock(vt)
+                if not self._take_lock(vt, satisfied=lambda: not plan(self._read_heads(vt))):
+                    report.outcome = "up_to_date"
+                    report.to_revision = ",".join(self._read_heads(vt)) or None
+                    raise _StopEnv
                 heads = self._read_heads(vt)  # another runner may have finished meanwhile
                 if check_ahead and self._database_ahead(heads):
                     raise _StopEnv
@@ -504,6 +588,7 @@ class Migrator:
             if not todo:
                 report.outcome = "up_to_date"
                 raise _StopEnv
+            self._refuse_transaction_pooler()
             log.info("migration_started", current=list(heads), target=destination_rev,
                      pending=len(todo), revisions=[p.revision for p in todo])
             self._version_table = vt
@@ -530,7 +615,12 @@ class Migrator:
         self._guarded(lambda: self._run_env(on_configure, fn=fn, wrap_steps=wrap_steps,
                                             destination_rev=destination_rev))
         if self._lock is not None and self._conn is not None:
-            heads = self._read_heads(self._version_table)
+            try:
+                heads = self._read_heads(self._version_table)
+            except DBAPIError as exc:
+                # Every revision committed, then the connection went: report it as lost
+                # (exit 69, retry), so a rerun confirms the state instead of a guess here.
+                raise self._database_error(exc) from None
             report.to_revision = ",".join(heads) or None
 
     def _committed(self, info: PendingRevision, started: float, report_steps: bool) -> None:

@@ -11,6 +11,7 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
@@ -128,7 +129,7 @@ class RevisionGraph:
         """What `upgrade target` would apply from `db_heads`, in application order."""
         # `_upgrade_revs` is what `alembic upgrade` itself calls to plan its steps; using it
         # keeps the graph walk Alembic's, including branches and merge points.
-        steps = self.script._upgrade_revs(target, db_heads)  # noqa: SLF001
+        steps = self.script._upgrade_revs(target, cast(Any, db_heads))  # noqa: SLF001
         return [PendingRevision.of(step.revision) for step in steps]
 
     def is_head_state(self, db_heads: tuple[str, ...]) -> bool:

@@ -77,9 +77,9 @@ class DatabaseUrl:
 
     def for_async_env(self) -> URL:
         """The same target, with a driver an async env.py can use."""
+        driver = self.url.get_driver_name()
         return self.url.set(
-            drivername=f"{self.url.get_backend_name()}+{_ASYNC_TWIN.get(self.url.get_driver_name(), self.url.get_driver_name())}"
-        )
+            drivername=f"{self.url.get_backend_name()}+{_ASYNC_TWIN.get(driver, driver)}")
 
 
 def parse_database_url(raw: str, *, source: str) -> DatabaseUrl:

@@ -45,9 +45,9 @@ def test_revision_graph_and_lower_layers_never_import_the_cli() -> None:
                 if m.startswith(("runner.db", "runner.lock", "sqlalchemy.engine"))}
 
 
-def test_fast_path_imports_neither_alembic_nor_sqlalchemy() -> None:
+def test_fast_path_imports_neither_alembic_nor_sqlalchemy_nor_structlog() -> None:
     code = ("import sys, runner.cli, runner.fastpath, runner.settings; "
-            "print(sorted(m for m in ('alembic', 'sqlalchemy', 'kubernetes') "
+            "print(sorted(m for m in ('alembic', 'sqlalchemy', 'kubernetes', 'structlog') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO)
