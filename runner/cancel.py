@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from runner.errors import ExitCode, Interrupted
@@ -58,3 +59,25 @@ class CancelToken:
         """Sleep, but wake up and raise at once when cancelled."""
         if self.event.wait(max(0.0, seconds)):
             self.check()
+
+
+def in_background(fn: Callable[[], Any]) -> Callable[[], None]:
+    """`fn` run in a daemon thread, at most one at a time: a cancel request sent into a dead
+    or silent network (libpq's PQcancel has no timeout and holds the GIL) must not block the
+    signal handler that sends it, or SIGTERM would never end the run."""
+    busy = threading.Lock()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:  # noqa: S110 - best effort; the grace period bounds the run anyway
+            pass
+        finally:
+            busy.release()
+
+    def start() -> None:
+        if busy.acquire(blocking=False):
+            threading.Thread(target=run, name="cancel-request", daemon=True).start()
+
+    return start
+

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner import cache
-from runner.cancel import CancelToken
+from runner.cancel import CancelToken, in_background
 from runner.errors import ExitCode
 from runner.lock import acquire, derive_key
 from runner.logs import log
@@ -106,7 +106,16 @@ def attempt(command: str, target: str, settings: Settings, cancel: CancelToken,
     handed_off = False
     try:
         conn.autocommit = True
-        cancel.on_cancel(conn.cancel)
+        pid = conn.get_backend_pid()
+
+        def cancel_backend() -> None:
+            # Not conn.cancel(): PQcancel holds the GIL with no timeout (see runner/cancel.py).
+            with contextlib.closing(psycopg2.connect(dsn, connect_timeout=3)) as other:
+                other.autocommit = True
+                with other.cursor() as cur:
+                    cur.execute("SELECT pg_cancel_backend(%s)", (pid,))
+
+        cancel.on_cancel(in_background(cancel_backend))
         heads = _read_heads(conn, facts)
         if heads is None:
             return None, None

