@@ -7,6 +7,7 @@ worker to roll back and release the lock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -137,13 +138,24 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
         return ExitCode.USAGE
     report.command = args.command
 
+    overrides = {k: getattr(args, k, None) for k in _SETTING_FLAGS}
+    # The lock probe comes before the settings' own import cost: a runner that finds another
+    # one migrating steps aside (lower CPU priority) before it does any further work.
+    from runner import environment, fastpath
+
+    probe = fastpath.probe(args.command, getattr(args, "revision", "head"),
+                           environment.early_settings(overrides))
+    if probe is not None and probe.busy:
+        _yield_cpu()
     from runner.settings import load_settings
 
     try:
         if args.command == "downgrade" and not args.yes:
             raise UsageError("downgrade can drop data: add --yes to confirm")
-        settings = load_settings({k: getattr(args, k, None) for k in _SETTING_FLAGS})
+        settings = load_settings(overrides)
     except RunnerError as exc:
+        if probe is not None:
+            probe.close()
         return _finish_early(parser, report, exc, started)
     logs.defer_configuration(settings.log_format, settings.log_level)
     if settings.in_kubernetes:
@@ -159,7 +171,8 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
 
     def work() -> None:
         try:
-            outcome["code"] = _dispatch(args, settings, cancel, observers, report, stdout)
+            outcome["code"] = _dispatch(args, settings, cancel, observers, report, stdout,
+                                        probe)
         except BaseException as exc:  # handed to the main thread, which maps it
             outcome["error"] = exc
 
@@ -226,11 +239,11 @@ def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, An
 
 
 def _dispatch(args: argparse.Namespace, settings: Any, cancel: Any,
-              observers: Sequence[RunObserver], report: RunReport, stdout: TextIO) -> int:
+              observers: Sequence[RunObserver], report: RunReport, stdout: TextIO,
+              probe: Any) -> int:
     from runner import fastpath
 
-    code, handoff = fastpath.attempt(args.command, getattr(args, "revision", "head"), settings,
-                                     cancel, report, on_wait=_yield_cpu)
+    code, handoff = fastpath.attempt(probe, settings, cancel, report, on_wait=_yield_cpu)
     if code is not None:
         return code
     logs.ensure_configured()  # the full path's modules log through structlog directly
@@ -247,13 +260,20 @@ def _notify(observers: Sequence[RunObserver], call: Callable[[RunObserver], None
         notify(observers, call)
 
 
+_yielded = False
+
+
 def _yield_cpu() -> None:
     """Another runner is migrating: give it the CPU. Ten runners started together on one
     machine otherwise slow the one that migrates with their own start-up work."""
-    try:
+    global _yielded
+    if _yielded:
+        return
+    _yielded = True
+    # No log line here: this may run before the log settings are read. A failure (a
+    # seccomp profile forbidding it) only means the runner waits at normal priority.
+    with contextlib.suppress(OSError):
         os.nice(10)
-    except OSError:
-        log.debug("nice_failed")
 
 
 def observers_for(settings: Any) -> list[RunObserver]:

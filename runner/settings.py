@@ -1,12 +1,12 @@
 """All settings, read from the environment (and `*_FILE` secrets); flags override them.
 
-This is the only module that reads `os.environ`. Every duration is a number of seconds and
+With runner/environment.py (raw reads shared with the lock probe), the only code that reads
+`os.environ`. Every duration is a number of seconds and
 every setting has a default documented in the README's configuration table.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -14,18 +14,9 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from runner import redact
+from runner import environment, redact
 from runner.errors import ConfigError
 from runner.urls import DatabaseUrl, parse_database_url
-
-# Where the database URL may come from, highest priority first. `*_FILE` is how a Kubernetes
-# Secret or a Docker secret is mounted; the file's trailing CR/LF is stripped, nothing else.
-URL_SOURCES = (
-    "MIGRATION_DATABASE_URL",
-    "MIGRATION_DATABASE_URL_FILE",
-    "DATABASE_URL",
-    "DATABASE_URL_FILE",
-)
 
 Seconds = float
 
@@ -99,56 +90,17 @@ class Settings(BaseSettings):
         )
 
 
-def _read_secret_file(var: str, path: str) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{var}={path}: cannot read the file ({exc.strerror})") from None
-    return text.rstrip("\r\n")
-
-
-def _database_url_from_environment() -> tuple[str, str] | None:
-    """(value, variable name) of the first URL source that is set, else None."""
-    for var in URL_SOURCES:
-        value = os.environ.get(var)
-        if not value:
-            continue
-        if var.endswith("_FILE"):
-            value = _read_secret_file(var, value)
-        redact.register_url_text(value)
-        return value, var
-    return None
-
-
-# Variables that change between runs without changing what env.py configures.
-_NOT_IN_DIGEST = frozenset({*URL_SOURCES, "MIGRATION_LOG_FORMAT", "MIGRATION_LOG_LEVEL"})
-
-
-def _environment_digest() -> str:
-    digest = hashlib.sha256()
-    for key in sorted(os.environ):
-        if key not in _NOT_IN_DIGEST:
-            digest.update(f"{key}\0{os.environ[key]}\0".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
-
-
-def _default_cache_dir() -> Path | None:
-    base = os.environ.get("XDG_CACHE_HOME") or (
-        str(Path(os.environ["HOME"], ".cache")) if os.environ.get("HOME") else None)
-    return Path(base, "migration-runner") if base else None
-
-
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     """Read settings from the environment; `overrides` (from flags) win over it."""
     values = {k: v for k, v in (overrides or {}).items() if v is not None}
-    values["environment_digest"] = _environment_digest()
+    values["environment_digest"] = environment.environment_digest()
     if not os.environ.get("MIGRATION_CACHE_DIR"):
-        values.setdefault("cache_dir", _default_cache_dir())
+        values.setdefault("cache_dir", environment.default_cache_dir())
     if "database_url" in values:
         redact.register_url_text(values["database_url"])
         values["database_url_source"] = "--database-url"
     else:
-        found = _database_url_from_environment()
+        found = environment.database_url_from_environment()
         if found is not None:
             values["database_url"], values["database_url_source"] = found
     try:
