@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from tests.support import chain, cli_env, write_project  # noqa: E402
 
-ADMIN = make_url(os.environ.get("MIGRATION_BENCH_POSTGRES_URL",
-                                "postgresql://postgres@127.0.0.1:5432/postgres")).set(
-    drivername="postgresql+psycopg2")
+ADMIN = make_url(
+    os.environ.get("MIGRATION_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+).set(drivername="postgresql+psycopg2")
 RUNS = int(os.environ.get("BENCH_RUNS", "9"))
 BIN = Path(sys.executable).parent
 
@@ -59,20 +59,26 @@ def drop(name: str) -> None:
     admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def timed(cmd: list[str], env: dict[str, str], cwd: Path, expect_applied: int | None = None,
-          ) -> float:
+def timed(
+    cmd: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    expect_applied: int | None = None,
+) -> float:
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     if expect_applied is not None and "migration-runner" in cmd[0]:
-        finished = [json.loads(line) for line in proc.stderr.splitlines()
-                    if '"run_finished"' in line]
+        finished = [
+            json.loads(line) for line in proc.stderr.splitlines() if '"run_finished"' in line
+        ]
         applied = finished[-1]["applied"]
         if applied != expect_applied:
-            raise SystemExit(f"runner applied {applied}, expected {expect_applied}:\n"
-                             f"{proc.stderr[-3000:]}")
+            raise SystemExit(
+                f"runner applied {applied}, expected {expect_applied}:\n{proc.stderr[-3000:]}"
+            )
     return elapsed
 
 
@@ -99,8 +105,14 @@ def main() -> None:
     noop_alembic = [timed(alembic_cmd(), env, work) for _ in range(RUNS)]
     noop_runner = [timed(runner_cmd(), env, work, expect_applied=0) for _ in range(RUNS)]
     drop(name)
-    rows.append(("no-op upgrade (at head)", statistics.median(noop_alembic),
-                 statistics.median(noop_runner), 1.0))
+    rows.append(
+        (
+            "no-op upgrade (at head)",
+            statistics.median(noop_alembic),
+            statistics.median(noop_runner),
+            1.0,
+        )
+    )
 
     apply_alembic, apply_runner = [], []
     for _ in range(RUNS):
@@ -109,21 +121,36 @@ def main() -> None:
         apply_alembic.append(timed(alembic_cmd(), cli_env(url), work))
         drop(name)
         name, url = fresh_db()
-        apply_runner.append(timed(runner_cmd(), cli_env(url, MIGRATION_CONFIG=str(ini)), work,
-                                  expect_applied=100))
+        apply_runner.append(
+            timed(runner_cmd(), cli_env(url, MIGRATION_CONFIG=str(ini)), work, expect_applied=100)
+        )
         drop(name)
     single = statistics.median(apply_runner)
     rows.append(("apply 100 revisions", statistics.median(apply_alembic), single, 1.25))
-    print("apply samples (s): alembic", [round(x, 3) for x in apply_alembic],
-          "runner", [round(x, 3) for x in apply_runner], file=sys.stderr)
+    print(
+        "apply samples (s): alembic",
+        [round(x, 3) for x in apply_alembic],
+        "runner",
+        [round(x, 3) for x in apply_runner],
+        file=sys.stderr,
+    )
 
     together = []
     for _ in range(max(3, RUNS // 2)):
         name, url = fresh_db()
         env = cli_env(url, MIGRATION_CONFIG=str(ini))
         started = time.perf_counter()
-        procs = [subprocess.Popen(runner_cmd(), env=env, cwd=work, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(10)]
+        procs = [
+            subprocess.Popen(
+                runner_cmd(),
+                env=env,
+                cwd=work,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(10)
+        ]
         codes = [p.wait() for p in procs]
         together.append(time.perf_counter() - started)
         drop(name)
@@ -145,13 +172,17 @@ def main() -> None:
     for label, base, ours, bar in rows:
         ratio = ours / base
         ok &= ratio <= bar
-        lines.append(f"| {label} | {base * 1000:.0f} ms | {ours * 1000:.0f} ms | {ratio:.2f}x "
-                     f"| <= {bar:.2f}x {'PASS' if ratio <= bar else 'FAIL'} |")
+        lines.append(
+            f"| {label} | {base * 1000:.0f} ms | {ours * 1000:.0f} ms | {ratio:.2f}x "
+            f"| <= {bar:.2f}x {'PASS' if ratio <= bar else 'FAIL'} |"
+        )
     ten_ok = ten <= single + 1.0
     ok &= ten_ok
-    lines.append(f"| 10 runners together, all exit 0 | single runner apply {single * 1000:.0f} ms "
-                 f"| {ten * 1000:.0f} ms | +{(ten - single) * 1000:.0f} ms "
-                 f"| <= +1000 ms {'PASS' if ten_ok else 'FAIL'} |")
+    lines.append(
+        f"| 10 runners together, all exit 0 | single runner apply {single * 1000:.0f} ms "
+        f"| {ten * 1000:.0f} ms | +{(ten - single) * 1000:.0f} ms "
+        f"| <= +1000 ms {'PASS' if ten_ok else 'FAIL'} |"
+    )
     text = "\n".join(lines) + "\n"
     print(text)
     if os.environ.get("BENCH_WRITE", "1") == "1":

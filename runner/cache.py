@@ -51,8 +51,9 @@ def project_digest(facts: ProjectFacts) -> str | None:
     return digest.hexdigest()
 
 
-def entry_path(cache_dir: Path, config: Path, script_location: str | None,
-               environment_digest: str) -> Path:
+def entry_path(
+    cache_dir: Path, config: Path, script_location: str | None, environment_digest: str
+) -> Path:
     key = "\0".join((str(config.absolute()), script_location or "", environment_digest))
     return cache_dir / f"project-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 

@@ -80,4 +80,3 @@ def in_background(fn: Callable[[], Any]) -> Callable[[], None]:
             threading.Thread(target=run, name="cancel-request", daemon=True).start()
 
     return start
-

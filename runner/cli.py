@@ -58,10 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = _Parser(add_help=False)
     common.add_argument("--config", help="path to alembic.ini (MIGRATION_CONFIG)")
-    common.add_argument("--script-location", help="migrations directory "
-                        "(MIGRATION_SCRIPT_LOCATION)")
-    common.add_argument("--database-url", help="database URL (MIGRATION_DATABASE_URL); "
-                        "prefer the environment: flags are visible in the process list")
+    common.add_argument(
+        "--script-location", help="migrations directory (MIGRATION_SCRIPT_LOCATION)"
+    )
+    common.add_argument(
+        "--database-url",
+        help="database URL (MIGRATION_DATABASE_URL); "
+        "prefer the environment: flags are visible in the process list",
+    )
     common.add_argument("--connect-timeout", type=float, help="seconds to retry connecting")
     common.add_argument("--lock-timeout", type=float, help="seconds to wait for the lock")
     common.add_argument("--ddl-lock-timeout", type=float, help="per-statement lock_timeout")
@@ -72,15 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=COMMAND_HELP[name],
-                              description=COMMAND_HELP[name])
+        return sub.add_parser(
+            name, parents=[common], help=COMMAND_HELP[name], description=COMMAND_HELP[name]
+        )
 
     add("upgrade").add_argument("revision", nargs="?", default="head")
     check = add("check")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     wait = add("wait")
-    wait.add_argument("--timeout", type=float, dest="wait_timeout",
-                      help="seconds to wait (MIGRATION_WAIT_TIMEOUT)")
+    wait.add_argument(
+        "--timeout",
+        type=float,
+        dest="wait_timeout",
+        help="seconds to wait (MIGRATION_WAIT_TIMEOUT)",
+    )
     plan = add("plan")
     plan.add_argument("revision", nargs="?", default="head")
     plan.add_argument("--sql", action="store_true", help="print the SQL instead of the list")
@@ -95,9 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SETTING_FLAGS = ("config", "script_location", "database_url", "connect_timeout",
-                  "lock_timeout", "ddl_lock_timeout", "ddl_retry_budget", "log_format",
-                  "log_level", "on_db_ahead", "wait_timeout")
+_SETTING_FLAGS = (
+    "config",
+    "script_location",
+    "database_url",
+    "connect_timeout",
+    "lock_timeout",
+    "ddl_lock_timeout",
+    "ddl_retry_budget",
+    "log_format",
+    "log_level",
+    "on_db_ahead",
+    "wait_timeout",
+)
 
 
 #: Signals that arrived before the supervisor took over (during start-up imports).
@@ -143,8 +162,9 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
     # one migrating steps aside (lower CPU priority) before it does any further work.
     from runner import environment, fastpath
 
-    probe = fastpath.probe(args.command, getattr(args, "revision", "head"),
-                           environment.early_settings(overrides))
+    probe = fastpath.probe(
+        args.command, getattr(args, "revision", "head"), environment.early_settings(overrides)
+    )
     if probe is not None and probe.busy:
         _yield_cpu()
     from runner.settings import load_settings
@@ -159,8 +179,9 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
         return _finish_early(parser, report, exc, started)
     logs.defer_configuration(settings.log_format, settings.log_level)
     if settings.in_kubernetes:
-        logs.bind_context(pod=settings.pod_name, namespace=settings.pod_namespace,
-                          job=settings.job_name)
+        logs.bind_context(
+            pod=settings.pod_name, namespace=settings.pod_namespace, job=settings.job_name
+        )
     observers = observers_for(settings)
     _notify(observers, lambda o: o.run_started(args.command))
 
@@ -171,8 +192,7 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
 
     def work() -> None:
         try:
-            outcome["code"] = _dispatch(args, settings, cancel, observers, report, stdout,
-                                        probe)
+            outcome["code"] = _dispatch(args, settings, cancel, observers, report, stdout, probe)
         except BaseException as exc:  # handed to the main thread, which maps it
             outcome["error"] = exc
 
@@ -187,8 +207,9 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
     return report.exit_code
 
 
-def _kube_run(argv: list[str], parser: argparse.ArgumentParser, report: RunReport,
-              started: float) -> int:
+def _kube_run(
+    argv: list[str], parser: argparse.ArgumentParser, report: RunReport, started: float
+) -> int:
     """`kube-run` parses its own flags; it shares only settings and the log pipeline."""
     from runner.settings import load_settings
 
@@ -209,8 +230,11 @@ def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, An
         name = signal.Signals(signum).name
         code = ExitCode.SIGTERM if signum == signal.SIGTERM else ExitCode.SIGINT
         if not cancel.cancelled:
-            log.warning("signal_received", signal=name,
-                        action="cancelling the statement in flight and rolling back")
+            log.warning(
+                "signal_received",
+                signal=name,
+                action="cancelling the statement in flight and rolling back",
+            )
         cancel.cancel(name, code)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -226,9 +250,12 @@ def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, An
                     deadline = time.monotonic() + SHUTDOWN_GRACE_S
                 elif time.monotonic() > deadline:
                     outcome["error"] = Interrupted(cancel.signal_name, ExitCode(cancel.exit_code))
-                    log.error("shutdown_grace_exceeded", grace_s=SHUTDOWN_GRACE_S,
-                              reason="the worker did not stop; the server releases the lock "
-                                     "when this process exits")
+                    log.error(
+                        "shutdown_grace_exceeded",
+                        grace_s=SHUTDOWN_GRACE_S,
+                        reason="the worker did not stop; the server releases the lock "
+                        "when this process exits",
+                    )
                     break
                 # A cancel sent between two statements is lost; resend until the worker stops.
                 cancel.cancel_statement()
@@ -238,9 +265,15 @@ def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, An
     return int(outcome.get("code", ExitCode.INTERNAL))
 
 
-def _dispatch(args: argparse.Namespace, settings: Any, cancel: Any,
-              observers: Sequence[RunObserver], report: RunReport, stdout: TextIO,
-              probe: Any) -> int:
+def _dispatch(
+    args: argparse.Namespace,
+    settings: Any,
+    cancel: Any,
+    observers: Sequence[RunObserver],
+    report: RunReport,
+    stdout: TextIO,
+    probe: Any,
+) -> int:
     from runner import fastpath
 
     code, handoff = fastpath.attempt(probe, settings, cancel, report, on_wait=_yield_cpu)
@@ -288,7 +321,8 @@ def observers_for(settings: Any) -> list[RunObserver]:
 
         observers.append(TerminationMessageObserver(settings.termination_message_path))
     wants_events = settings.kube_events == "on" or (
-        settings.kube_events == "auto" and settings.in_kubernetes)
+        settings.kube_events == "auto" and settings.in_kubernetes
+    )
     if wants_events:
         from runner import kube  # imported only here: it costs a quarter second
 
@@ -322,8 +356,9 @@ def _log_finished(report: RunReport) -> None:
         log.error("run_finished", **fields)
 
 
-def _finish_early(parser: argparse.ArgumentParser, report: RunReport, exc: RunnerError,
-                  started: float) -> int:
+def _finish_early(
+    parser: argparse.ArgumentParser, report: RunReport, exc: RunnerError, started: float
+) -> int:
     """Usage and settings errors: logging uses its defaults, since settings did not load."""
     logs.configure_logging("auto", "info")
     if isinstance(exc, UsageError):
@@ -332,5 +367,3 @@ def _finish_early(parser: argparse.ArgumentParser, report: RunReport, exc: Runne
     report.duration_ms = int((time.monotonic() - started) * 1000)
     _log_finished(report)
     return report.exit_code
-
-

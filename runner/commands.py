@@ -25,9 +25,15 @@ from runner.settings import Settings
 log = structlog.get_logger("runner")
 
 
-def run_command(args: argparse.Namespace, settings: Settings, cancel: CancelToken,
-                observers: Sequence[RunObserver], report: RunReport, out: TextIO,
-                handoff: Handoff | None = None) -> int:
+def run_command(
+    args: argparse.Namespace,
+    settings: Settings,
+    cancel: CancelToken,
+    observers: Sequence[RunObserver],
+    report: RunReport,
+    out: TextIO,
+    handoff: Handoff | None = None,
+) -> int:
     try:
         migrator = Migrator(settings, cancel, observers, report, handoff)
     except BaseException:
@@ -47,12 +53,14 @@ def _remember(migrator: Migrator, settings: Settings) -> None:
     facts = migrator.project_facts()
     if facts is None or not settings.fast_path or settings.cache_dir is None:
         return
-    entry = cache.entry_path(settings.cache_dir, settings.config, settings.script_location,
-                             settings.environment_digest)
+    entry = cache.entry_path(
+        settings.cache_dir, settings.config, settings.script_location, settings.environment_digest
+    )
     if cache.lookup(entry) != facts:
         stored = cache.store(entry, facts)
-        log.debug("fast_path_cache_stored" if stored else "fast_path_cache_unwritable",
-                  path=str(entry))
+        log.debug(
+            "fast_path_cache_stored" if stored else "fast_path_cache_unwritable", path=str(entry)
+        )
 
 
 def _upgrade(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
@@ -73,8 +81,9 @@ def _stamp(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO
 def _record_state(report: RunReport, result: CheckResult) -> None:
     report.from_revision = ",".join(result.current) or None
     report.to_revision = report.from_revision
-    report.outcome = "up_to_date" if result.up_to_date else (
-        "database_ahead" if result.unknown else "pending")
+    report.outcome = (
+        "up_to_date" if result.up_to_date else ("database_ahead" if result.unknown else "pending")
+    )
 
 
 def _ahead(m: Migrator, result: CheckResult) -> None:
@@ -119,8 +128,10 @@ def _plan(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO)
         _json([vars(p) for p in result.pending], out)
     else:
         for rev in result.pending:
-            out.write(f"{rev.revision}  {rev.down_revision or '(base)'} -> {rev.revision}  "
-                      f"{rev.message}\n")
+            out.write(
+                f"{rev.revision}  {rev.down_revision or '(base)'} -> {rev.revision}  "
+                f"{rev.message}\n"
+            )
     return ExitCode.OK
 
 
@@ -128,8 +139,14 @@ def _current(m: Migrator, args: argparse.Namespace, report: RunReport, out: Text
     result = m.check()
     _record_state(report, result)
     if args.json:
-        _json({"current": list(result.current), "head": list(result.heads),
-               "up_to_date": result.up_to_date}, out)
+        _json(
+            {
+                "current": list(result.current),
+                "head": list(result.heads),
+                "up_to_date": result.up_to_date,
+            },
+            out,
+        )
     else:
         for rev in result.current or ("(base)",):
             suffix = " (head)" if rev in result.heads else ""

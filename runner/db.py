@@ -93,7 +93,7 @@ def one_line(exc: BaseException) -> str:
         if line:
             for prefix in ("FATAL:", "ERROR:", "connection to server"):
                 if line.startswith(prefix) and prefix != "connection to server":
-                    line = line[len(prefix):].strip()
+                    line = line[len(prefix) :].strip()
             return redact.redact(line)
     return type(orig).__name__
 
@@ -103,24 +103,35 @@ def classify_connect_error(exc: BaseException, target: str) -> RunnerError | Non
     state = sqlstate_of(exc)
     message = one_line(exc)
     lowered = message.lower()
-    if state in _AUTH_CODES or "password authentication failed" in lowered or (
-        "role" in lowered and "does not exist" in lowered
-    ) or "access denied" in lowered or "no password supplied" in lowered:
+    if (
+        state in _AUTH_CODES
+        or "password authentication failed" in lowered
+        or ("role" in lowered and "does not exist" in lowered)
+        or "access denied" in lowered
+        or "no password supplied" in lowered
+    ):
         return PermissionDenied(f"cannot log in to {target}: {message}", sqlstate=state)
-    if state == "3D000" or ("database" in lowered and "does not exist" in lowered) or (
-        "unknown database" in lowered
+    if (
+        state == "3D000"
+        or ("database" in lowered and "does not exist" in lowered)
+        or ("unknown database" in lowered)
     ):
         return ConfigError(f"database not found at {target}: {message}", sqlstate=state)
     if "ssl" in lowered and ("not support" in lowered or "required" in lowered):
         return ConfigError(f"TLS mismatch with {target}: {message}", sqlstate=state)
-    if "invalid" in lowered and ("sslmode" in lowered or "connection option" in lowered or
-                                 "uri" in lowered or "port" in lowered):
+    if "invalid" in lowered and (
+        "sslmode" in lowered
+        or "connection option" in lowered
+        or "uri" in lowered
+        or "port" in lowered
+    ):
         return ConfigError(f"invalid connection parameters for {target}: {message}")
     return None
 
 
-def make_engine(db: DatabaseUrl, session: SessionSettings, cancel: CancelToken,
-                creator: Any = None) -> Engine:
+def make_engine(
+    db: DatabaseUrl, session: SessionSettings, cancel: CancelToken, creator: Any = None
+) -> Engine:
     """`creator`: hand SQLAlchemy an already open DBAPI connection (the fast path's, which
     holds the migration lock) instead of opening a new one."""
     connect_args: dict[str, Any] = {}
@@ -174,8 +185,14 @@ def _blocking_cancel_function(conn: Connection, db: DatabaseUrl) -> Any:
         pid = getattr(info, "backend_pid", None) or dbapi_conn.get_backend_pid()
 
         def cancel_backend() -> None:
-            killer = create_engine(db.url, poolclass=NullPool, connect_args={
-                "connect_timeout": 3, "application_name": f"{APPLICATION_NAME}-cancel"})
+            killer = create_engine(
+                db.url,
+                poolclass=NullPool,
+                connect_args={
+                    "connect_timeout": 3,
+                    "application_name": f"{APPLICATION_NAME}-cancel",
+                },
+            )
             try:
                 with killer.connect() as other:
                     other.exec_driver_sql("SET statement_timeout = 3000")
@@ -202,7 +219,10 @@ def _blocking_cancel_function(conn: Connection, db: DatabaseUrl) -> Any:
 
 
 def connect(
-    engine: Engine, db: DatabaseUrl, session: SessionSettings, timeout_s: float,
+    engine: Engine,
+    db: DatabaseUrl,
+    session: SessionSettings,
+    timeout_s: float,
     cancel: CancelToken,
 ) -> Connection:
     """Open the run's connection, retrying transient failures for up to `timeout_s` seconds."""
@@ -238,8 +258,9 @@ def connect(
             raise
         cancel.on_cancel(_cancel_function(conn, db))
         if attempt > 1:
-            log.info("database_ready", attempts=attempt,
-                     waited_s=round(time.monotonic() - started, 3))
+            log.info(
+                "database_ready", attempts=attempt, waited_s=round(time.monotonic() - started, 3)
+            )
         return conn
 
 
@@ -279,8 +300,11 @@ def _prepare_session(conn: Connection, db: DatabaseUrl, session: SessionSettings
     elif db.backend in ("mysql", "mariadb"):
         if session.statement_timeout_s:
             variable = "max_statement_time" if db.backend == "mariadb" else "max_execution_time"
-            value = (session.statement_timeout_s if variable == "max_statement_time"
-                     else int(session.statement_timeout_s * 1000))
+            value = (
+                session.statement_timeout_s
+                if variable == "max_statement_time"
+                else int(session.statement_timeout_s * 1000)
+            )
             conn.exec_driver_sql(f"SET SESSION {variable} = {value}")
         lock_wait = max(1, int(session.ddl_lock_timeout_s))
         conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {lock_wait}")

@@ -67,7 +67,8 @@ def environment_digest() -> str:
 
 def default_cache_dir() -> Path | None:
     base = os.environ.get("XDG_CACHE_HOME") or (
-        str(Path(os.environ["HOME"], ".cache")) if os.environ.get("HOME") else None)
+        str(Path(os.environ["HOME"], ".cache")) if os.environ.get("HOME") else None
+    )
     return Path(base, "migration-runner") if base else None
 
 
@@ -83,21 +84,23 @@ class EarlySettings:
     environment_digest: str
 
     def agrees_with(self, settings: Settings) -> bool:
-        return (settings.fast_path
-                and settings.database_url is not None
-                and settings.database_url.get_secret_value() == self.database_url
-                and settings.config == self.config
-                and settings.script_location == self.script_location
-                and settings.cache_dir == self.cache_dir
-                and settings.lock_key == self.lock_key
-                and settings.environment_digest == self.environment_digest)
+        return (
+            settings.fast_path
+            and settings.database_url is not None
+            and settings.database_url.get_secret_value() == self.database_url
+            and settings.config == self.config
+            and settings.script_location == self.script_location
+            and settings.cache_dir == self.cache_dir
+            and settings.lock_key == self.lock_key
+            and settings.environment_digest == self.environment_digest
+        )
 
 
 def early_settings(overrides: dict[str, Any]) -> EarlySettings | None:
     """The probe's settings, or None whenever anything is unusual (the full path decides)."""
     env = os.environ
     try:
-        if (env.get("MIGRATION_FAST_PATH", "true").strip().lower() not in _TRUE):
+        if env.get("MIGRATION_FAST_PATH", "true").strip().lower() not in _TRUE:
             return None
         url = overrides.get("database_url")
         if url is None:
@@ -112,7 +115,13 @@ def early_settings(overrides: dict[str, Any]) -> EarlySettings | None:
         location = overrides.get("script_location") or env.get("MIGRATION_SCRIPT_LOCATION")
         if cache is None:
             return None
-        return EarlySettings(url, Path(config), location or None, cache,
-                             int(key) if key else None, environment_digest())
+        return EarlySettings(
+            url,
+            Path(config),
+            location or None,
+            cache,
+            int(key) if key else None,
+            environment_digest(),
+        )
     except (ConfigError, ValueError, OSError):
         return None

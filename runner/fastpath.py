@@ -30,8 +30,15 @@ if TYPE_CHECKING:
     from runner.environment import EarlySettings
     from runner.settings import Settings
 
-_PG_SCHEMES = {"postgres", "postgresql", "postgres+psycopg2", "postgresql+psycopg2",
-               "postgresql+psycopg", "postgresql+asyncpg", "postgresql+psycopg_async"}
+_PG_SCHEMES = {
+    "postgres",
+    "postgresql",
+    "postgres+psycopg2",
+    "postgresql+psycopg2",
+    "postgresql+psycopg",
+    "postgresql+asyncpg",
+    "postgresql+psycopg_async",
+}
 
 
 @dataclass
@@ -120,17 +127,26 @@ def probe(command: str, target: str, early: EarlySettings | None) -> Probe | Non
     """Connect with psycopg2 alone, read the heads, and try the lock once. None: not here."""
     if early is None or target != "head" or command not in ("upgrade", "wait"):
         return None
-    facts = cache.lookup(cache.entry_path(early.cache_dir, early.config,
-                                          early.script_location, early.environment_digest))
+    facts = cache.lookup(
+        cache.entry_path(
+            early.cache_dir, early.config, early.script_location, early.environment_digest
+        )
+    )
     dsn = _libpq_dsn(early.database_url)
     if facts is None or dsn is None:
         return None
     import psycopg2
 
     try:
-        conn = psycopg2.connect(dsn, connect_timeout=2, application_name="migration-runner",
-                                keepalives=1, keepalives_idle=10, keepalives_interval=5,
-                                keepalives_count=3)
+        conn = psycopg2.connect(
+            dsn,
+            connect_timeout=2,
+            application_name="migration-runner",
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+        )
         conn.autocommit = True
     except Exception:
         return None  # the full path retries, classifies and reports
@@ -152,8 +168,13 @@ def probe(command: str, target: str, early: EarlySettings | None) -> Probe | Non
     return found
 
 
-def attempt(found: Probe | None, settings: Settings, cancel: CancelToken, report: RunReport,
-            on_wait: Callable[[], None] = lambda: None) -> tuple[int | None, Handoff | None]:
+def attempt(
+    found: Probe | None,
+    settings: Settings,
+    cancel: CancelToken,
+    report: RunReport,
+    on_wait: Callable[[], None] = lambda: None,
+) -> tuple[int | None, Handoff | None]:
     """Finish what the probe started: (exit code, None) when answered here, else
     (None, handoff or None) for the full path."""
     if found is None:
@@ -172,6 +193,7 @@ def attempt(found: Probe | None, settings: Settings, cancel: CancelToken, report
         if found.held:
             waited: float | None = 0.0
         else:
+
             def waiting(waited_s: float) -> None:
                 on_wait()
                 log.info("lock_waiting", key=lock.key, reason="held by another runner")
@@ -182,8 +204,7 @@ def attempt(found: Probe | None, settings: Settings, cancel: CancelToken, report
 
             waited = acquire(lock, settings.lock_timeout, cancel, waiting, done)
         if waited is None:
-            log.info("lock_not_needed", key=lock.key,
-                     reason="another runner reached the target")
+            log.info("lock_not_needed", key=lock.key, reason="another runner reached the target")
             _up_to_date(report, found.read_heads() or ())
             return ExitCode.OK, None
         log.info("lock_acquired", key=lock.key, waited_s=round(waited, 3), backend="postgresql")

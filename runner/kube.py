@@ -144,7 +144,11 @@ def load_api_client(
         where = "in-cluster config" if in_cluster else f"kubeconfig {kubeconfig or '(default)'}"
         raise ConfigError(f"cannot load the {where}: {_first_line(exc)}") from exc
     configuration.retries = urllib3.Retry(
-        total=connect_retries, connect=connect_retries, read=0, status=0, redirect=0,
+        total=connect_retries,
+        connect=connect_retries,
+        read=0,
+        status=0,
+        redirect=0,
         backoff_factor=0.5,
     )
     return client.ApiClient(configuration), namespace
@@ -315,8 +319,7 @@ def succeeded_message(report: RunReport) -> str:
             f"nothing to apply: database at {report.to_revision or 'base'} ({seconds:.1f}s)"
         )
     revisions = ", ".join(
-        f"{rev.revision} ({rev.message})" if rev.message else rev.revision
-        for rev in report.applied
+        f"{rev.revision} ({rev.message})" if rev.message else rev.revision for rev in report.applied
     )
     count = len(report.applied)
     return _one_line(
@@ -481,22 +484,23 @@ class KubeJobs:
         )
         return [_pod_status(pod, container) for pod in items]
 
-    def stream_log(
-        self, pod: str, container: str | None, out: BinaryIO, *, seconds: float
-    ) -> bool:
+    def stream_log(self, pod: str, container: str | None, out: BinaryIO, *, seconds: float) -> bool:
         """Copy the container's log to `out` as it comes: True when the log ended, False when
         `seconds` ran out first (the log still running, or silent)."""
         deadline = time.monotonic() + seconds
         with _calling(f"reading the log of pod/{pod} in namespace {self.namespace}"):
             # With _preload_content=False the client returns the raw urllib3 response.
-            response = cast(urllib3.BaseHTTPResponse, self._core.read_namespaced_pod_log(
-                pod,
-                self.namespace,
-                container=container,
-                follow=True,
-                _preload_content=False,
-                _request_timeout=(self._timeout[0], seconds),
-            ))
+            response = cast(
+                urllib3.BaseHTTPResponse,
+                self._core.read_namespaced_pod_log(
+                    pod,
+                    self.namespace,
+                    container=container,
+                    follow=True,
+                    _preload_content=False,
+                    _request_timeout=(self._timeout[0], seconds),
+                ),
+            )
         try:
             while chunk := response.read1(65536):
                 out.write(chunk)

@@ -55,32 +55,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_argument_group("the Job (a manifest, or flags)")
     source.add_argument(
-        "-f", "--manifest", metavar="PATH",
+        "-f",
+        "--manifest",
+        metavar="PATH",
         help="YAML file (or - for stdin) holding the Job, e.g. `helm template` output; when it "
         "holds several objects, the one Job is picked",
     )
     source.add_argument(
-        "--create-dependencies", action="store_true",
+        "--create-dependencies",
+        action="store_true",
         help="also create the manifest's ServiceAccounts, Secrets, ConfigMaps, Roles and "
         "RoleBindings that do not exist yet (existing ones are left as they are)",
     )
     source.add_argument("--image", help="runner image; with --manifest it replaces the image")
     source.add_argument(
-        "--secret", metavar="NAME[:KEY]",
+        "--secret",
+        metavar="NAME[:KEY]",
         help=f"Secret holding MIGRATION_DATABASE_URL (key defaults to {DEFAULT_SECRET_KEY!r})",
     )
     source.add_argument("--config", metavar="PATH", help="MIGRATION_CONFIG inside the image")
     source.add_argument(
-        "--command", default="upgrade", metavar="ARGS",
+        "--command",
+        default="upgrade",
+        metavar="ARGS",
         help="runner arguments, shell-quoted (default: %(default)s)",
     )
     source.add_argument(
-        "--env", action="append", default=[], metavar="NAME=VALUE",
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="extra environment variable for the runner (repeatable)",
     )
     source.add_argument("--service-account", help="the pod's ServiceAccount")
     source.add_argument(
-        "--name", default=None,
+        "--name",
+        default=None,
         help=f"base name of the Job (default: the manifest's, or {DEFAULT_NAME!r}); a random "
         "suffix is always added",
     )
@@ -89,24 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--kubeconfig", help="default: $KUBECONFIG, then ~/.kube/config")
     cluster.add_argument("--context", help="kubeconfig context (default: the current one)")
     cluster.add_argument(
-        "--in-cluster", action="store_true",
+        "--in-cluster",
+        action="store_true",
         help="use the in-cluster config (kube-run itself runs in a pod)",
     )
     waiting = parser.add_argument_group("waiting and cleanup")
     waiting.add_argument(
-        "--container", default=None,
+        "--container",
+        default=None,
         help="the runner's container (default: the pod's first container)",
     )
     waiting.add_argument(
-        "--start-timeout", type=float, default=300.0, metavar="SECONDS",
+        "--start-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
         help="give up (exit 75) when the pod has not started by then (default: %(default)s)",
     )
     waiting.add_argument(
-        "--timeout", type=float, default=3600.0, metavar="SECONDS",
+        "--timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
         help="give up (exit 75) when the Job has not finished by then (default: %(default)s)",
     )
     waiting.add_argument(
-        "--cleanup", choices=("always", "on-success", "never"), default="on-success",
+        "--cleanup",
+        choices=("always", "on-success", "never"),
+        default="on-success",
         help="delete the Job (and its pods) afterwards (default: %(default)s)",
     )
     waiting.add_argument("--poll-interval", type=float, default=2.0, help=argparse.SUPPRESS)
@@ -137,9 +157,7 @@ def read_manifest(text: str) -> JobSpec:
     jobs = [obj for obj in objects if obj.get("kind") == "Job"]
     if len(jobs) != 1:
         names = ", ".join(str(j.get("metadata", {}).get("name")) for j in jobs) or "none"
-        raise ConfigError(
-            f"the manifest must hold exactly one Job; it holds {len(jobs)} ({names})"
-        )
+        raise ConfigError(f"the manifest must hold exactly one Job; it holds {len(jobs)} ({names})")
     return JobSpec(jobs[0], [obj for obj in objects if obj is not jobs[0]])
 
 
@@ -158,10 +176,14 @@ def job_from_flags(
     environment: list[dict[str, Any]] = []
     if secret:
         secret_name, _, key = secret.partition(":")
-        environment.append({
-            "name": "MIGRATION_DATABASE_URL",
-            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key or DEFAULT_SECRET_KEY}},
-        })
+        environment.append(
+            {
+                "name": "MIGRATION_DATABASE_URL",
+                "valueFrom": {
+                    "secretKeyRef": {"name": secret_name, "key": key or DEFAULT_SECRET_KEY}
+                },
+            }
+        )
     if config:
         environment.append({"name": "MIGRATION_CONFIG", "value": config})
     for item in env:
@@ -183,18 +205,20 @@ def job_from_flags(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": DEFAULT_CONTAINER,
-            "image": image,
-            "args": list(command),
-            "env": environment,
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": {
-                "allowPrivilegeEscalation": False,
-                "readOnlyRootFilesystem": True,
-                "capabilities": {"drop": ["ALL"]},
-            },
-        }],
+        "containers": [
+            {
+                "name": DEFAULT_CONTAINER,
+                "image": image,
+                "args": list(command),
+                "env": environment,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
     }
     if service_account:
         pod_spec["serviceAccountName"] = service_account
@@ -230,8 +254,14 @@ def prepare_job(
     """
     job = copy.deepcopy(job)
     metadata = job.setdefault("metadata", {})
-    for server_field in ("generateName", "resourceVersion", "uid", "creationTimestamp",
-                         "managedFields", "selfLink"):
+    for server_field in (
+        "generateName",
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+        "selfLink",
+    ):
         metadata.pop(server_field, None)
     metadata["name"] = name
     metadata["namespace"] = namespace
@@ -308,7 +338,9 @@ def follow_job(
         elapsed = clock() - began
         if not streamed and elapsed >= start_timeout:
             log.error(
-                "job_not_started", job=name, start_timeout_s=start_timeout,
+                "job_not_started",
+                job=name,
+                start_timeout_s=start_timeout,
                 waiting_reason=last_waiting,
             )
             return Outcome(ExitCode.TEMPORARY, "not_started")
@@ -355,8 +387,13 @@ def main(argv: list[str], *, stdout: BinaryIO | None = None) -> int:
     try:
         return _run(options, out)
     except RunnerError as exc:
-        log.error("kube_run_failed", outcome=exc.outcome, reason=exc.reason,
-                  exit_code=int(exc.exit_code), **exc.fields)
+        log.error(
+            "kube_run_failed",
+            outcome=exc.outcome,
+            reason=exc.reason,
+            exit_code=int(exc.exit_code),
+            **exc.fields,
+        )
         return int(exc.exit_code)
 
 
@@ -365,11 +402,15 @@ def _job_spec(options: argparse.Namespace) -> JobSpec:
         if options.secret or options.config or options.env or options.service_account:
             raise UsageError("--secret, --config, --env, --service-account need no --manifest")
         try:
-            text = (sys.stdin.read() if options.manifest == "-"
-                    else Path(options.manifest).read_text(encoding="utf-8"))
+            text = (
+                sys.stdin.read()
+                if options.manifest == "-"
+                else Path(options.manifest).read_text(encoding="utf-8")
+            )
         except OSError as exc:
-            raise ConfigError(f"cannot read the manifest {options.manifest}: {exc.strerror}") \
-                from exc
+            raise ConfigError(
+                f"cannot read the manifest {options.manifest}: {exc.strerror}"
+            ) from exc
         return read_manifest(text)
     if not options.image:
         raise UsageError("kube-run needs --manifest PATH, or --image (with --secret)")
@@ -377,16 +418,18 @@ def _job_spec(options: argparse.Namespace) -> JobSpec:
         command = shlex.split(options.command)
     except ValueError as exc:
         raise UsageError(f"--command: {exc}") from exc
-    return JobSpec(job_from_flags(
-        image=options.image,
-        secret=options.secret,
-        config=options.config,
-        command=command,
-        env=options.env,
-        service_account=options.service_account,
-        name=options.name or DEFAULT_NAME,
-        active_deadline_s=int(options.timeout) if options.timeout else None,
-    ))
+    return JobSpec(
+        job_from_flags(
+            image=options.image,
+            secret=options.secret,
+            config=options.config,
+            command=command,
+            env=options.env,
+            service_account=options.service_account,
+            name=options.name or DEFAULT_NAME,
+            active_deadline_s=int(options.timeout) if options.timeout else None,
+        )
+    )
 
 
 def _run(options: argparse.Namespace, out: BinaryIO) -> int:
@@ -397,7 +440,9 @@ def _run(options: argparse.Namespace, out: BinaryIO) -> int:
     from runner import kube  # kubernetes is imported on this path only
 
     api, default_namespace = kube.load_api_client(
-        in_cluster=options.in_cluster, kubeconfig=options.kubeconfig, context=options.context,
+        in_cluster=options.in_cluster,
+        kubeconfig=options.kubeconfig,
+        context=options.context,
         connect_retries=2,
     )
     namespace = options.namespace or default_namespace
@@ -426,22 +471,27 @@ def _create_dependencies(
     for obj in others:
         kind, name = obj.get("kind"), obj.get("metadata", {}).get("name")
         if kind not in creatable:
-            log.warning("manifest_object_skipped", kind=kind, name=name,
-                        reason=f"kube-run creates only {', '.join(creatable)}")
+            log.warning(
+                "manifest_object_skipped",
+                kind=kind,
+                name=name,
+                reason=f"kube-run creates only {', '.join(creatable)}",
+            )
             continue
         created = jobs.create_object(obj)
         log.info("object_created" if created else "object_exists", kind=kind, name=name)
 
 
-def _follow_and_clean(
-    jobs: KubeJobs, name: str, options: argparse.Namespace, out: BinaryIO
-) -> int:
+def _follow_and_clean(jobs: KubeJobs, name: str, options: argparse.Namespace, out: BinaryIO) -> int:
     outcome: Outcome | None = None
     try:
         outcome = follow_job(
-            jobs, name,
-            container=options.container, out=out,
-            start_timeout=options.start_timeout, timeout=options.timeout,
+            jobs,
+            name,
+            container=options.container,
+            out=out,
+            start_timeout=options.start_timeout,
+            timeout=options.timeout,
             poll_interval=options.poll_interval,
         )
     except KeyboardInterrupt:
@@ -456,8 +506,13 @@ def _follow_and_clean(
             log.info("job_kept", job=name, namespace=jobs.namespace, cleanup=options.cleanup)
     report = log.info if outcome.exit_code == 0 else log.error
     report(
-        "kube_run_finished", job=name, namespace=jobs.namespace, exit_code=int(outcome.exit_code),
-        outcome=outcome.outcome, pod=outcome.pod, runner=outcome.runner,
+        "kube_run_finished",
+        job=name,
+        namespace=jobs.namespace,
+        exit_code=int(outcome.exit_code),
+        outcome=outcome.outcome,
+        pod=outcome.pod,
+        runner=outcome.runner,
     )
     return int(outcome.exit_code)
 

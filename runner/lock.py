@@ -74,11 +74,15 @@ class PostgresAdvisoryLock:
 
     def is_held(self) -> bool:
         hi, lo = (self.key_int >> 32) & 0xFFFFFFFF, self.key_int & 0xFFFFFFFF
-        return bool(self._scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND pid = pg_backend_pid() AND classid = CAST(:hi AS oid)"
-            " AND objid = CAST(:lo AS oid) AND objsubid = 1)", hi=hi, lo=lo,
-        ))
+        return bool(
+            self._scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = pg_backend_pid() AND classid = CAST(:hi AS oid)"
+                " AND objid = CAST(:lo AS oid) AND objsubid = 1)",
+                hi=hi,
+                lo=lo,
+            )
+        )
 
     def release(self) -> None:
         if self._held:

@@ -18,8 +18,12 @@ from runner import redact
 if TYPE_CHECKING:
     from structlog.typing import EventDict, Processor, WrappedLogger
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _scrub(value: Any) -> Any:
@@ -111,9 +115,7 @@ def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> Non
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
     # SQLAlchemy at INFO echoes every statement; only debug users want that.
-    logging.getLogger("sqlalchemy").setLevel(
-        logging.INFO if level == "debug" else logging.WARNING
-    )
+    logging.getLogger("sqlalchemy").setLevel(logging.INFO if level == "debug" else logging.WARNING)
     logging.getLogger("alembic").setLevel(_LEVELS[level])
     migration_logger = logging.getLogger("alembic.runtime.migration")
     migration_logger.filters[:] = [_OncePerMessage()]

@@ -113,8 +113,13 @@ class _RunnerEnvironment(EnvironmentContext):
     """An EnvironmentContext whose configure() runs the project's migrations our way."""
 
     def __init__(
-        self, cfg: Config, graph: RevisionGraph, on_configure: Callable[[dict[str, Any]], Any],
-        wrap_steps: Callable[[Any], Any] | None, on_version_apply: Any = None, **kw: Any,
+        self,
+        cfg: Config,
+        graph: RevisionGraph,
+        on_configure: Callable[[dict[str, Any]], Any],
+        wrap_steps: Callable[[Any], Any] | None,
+        on_version_apply: Any = None,
+        **kw: Any,
     ) -> None:
         super().__init__(cfg, graph.script, **kw)
         self._on_configure = on_configure
@@ -166,9 +171,14 @@ def _runner_owns_logging() -> Iterator[None]:
 class Migrator:
     """One run of one command against one database."""
 
-    def __init__(self, settings: Settings, cancel: CancelToken,
-                 observers: Sequence[RunObserver], report: RunReport,
-                 handoff: Handoff | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cancel: CancelToken,
+        observers: Sequence[RunObserver],
+        report: RunReport,
+        handoff: Handoff | None = None,
+    ) -> None:
         self.settings = settings
         self.cancel = cancel
         self.observers = observers
@@ -213,8 +223,9 @@ class Migrator:
             handoff, self._handoff = self._handoff, None
             creator = (lambda: handoff.connection) if handoff else None
             self._engine = make_engine(self.db, session, self.cancel, creator)
-            self._conn = connect(self._engine, self.db, session,
-                                 self.settings.connect_timeout, self.cancel)
+            self._conn = connect(
+                self._engine, self.db, session, self.settings.connect_timeout, self.cancel
+            )
             # The cookbook env.py pattern: use the connection handed over in attributes.
             self.cfg.attributes["connection"] = self._conn
             if handoff is not None:
@@ -260,8 +271,10 @@ class Migrator:
         conn = self.connection()
         context = MigrationContext.configure(
             connection=conn,
-            opts={"version_table": version_table.name,
-                  "version_table_schema": version_table.schema},
+            opts={
+                "version_table": version_table.name,
+                "version_table_schema": version_table.schema,
+            },
         )
         try:
             heads = tuple(context.get_current_heads())
@@ -274,8 +287,9 @@ class Migrator:
         conn.commit()
         return heads
 
-    def _take_lock(self, version_table: VersionTable,
-                   satisfied: Callable[[], bool] | None = None) -> bool:
+    def _take_lock(
+        self, version_table: VersionTable, satisfied: Callable[[], bool] | None = None
+    ) -> bool:
         """Take the lock; False when `satisfied()` said, while waiting, that it is not needed."""
         if self._lock is not None:
             return True
@@ -294,8 +308,7 @@ class Migrator:
             log.info("lock_not_needed", key=lock.key, reason="another runner reached the target")
             return False
         self._lock = lock
-        log.info("lock_acquired", key=lock.key, waited_s=round(waited, 3),
-                 backend=self.db.backend)
+        log.info("lock_acquired", key=lock.key, waited_s=round(waited, 3), backend=self.db.backend)
         return True
 
     def _refuse_transaction_pooler(self) -> None:
@@ -304,8 +317,11 @@ class Migrator:
         nothing. Detect it once, on the write path, right after the lock is held: a second
         connection must not land on the locking backend, and the runner's connection must stay
         on it while the second one holds a transaction open."""
-        if self._pooler_checked or self.db.backend != "postgresql" or not isinstance(
-                self._lock, locks.PostgresAdvisoryLock):
+        if (
+            self._pooler_checked
+            or self.db.backend != "postgresql"
+            or not isinstance(self._lock, locks.PostgresAdvisoryLock)
+        ):
             return
         self._pooler_checked = True
         conn = self.connection()
@@ -336,15 +352,22 @@ class Migrator:
 
     def _verify_lock(self) -> None:
         if self._lock is not None and not self._lock.is_held():
-            raise LockLost(f"migration lock {self._lock.key} was lost (backend terminated?); "
-                           "stopping before the next revision", key=self._lock.key)
+            raise LockLost(
+                f"migration lock {self._lock.key} was lost (backend terminated?); "
+                "stopping before the next revision",
+                key=self._lock.key,
+            )
 
     # -- running env.py ------------------------------------------------------------------
 
-    def _run_env(self, on_configure: Callable[[dict[str, Any]], Any],
-                 fn: Callable[..., Any] | None = None,
-                 wrap_steps: Callable[[Any], Any] | None = None,
-                 on_version_apply: Any = None, **env_kw: Any) -> None:
+    def _run_env(
+        self,
+        on_configure: Callable[[dict[str, Any]], Any],
+        fn: Callable[..., Any] | None = None,
+        wrap_steps: Callable[[Any], Any] | None = None,
+        on_version_apply: Any = None,
+        **env_kw: Any,
+    ) -> None:
         # Connect (with the bounded retry) before env.py opens a connection of its own, so a
         # database that is not up yet is waited for rather than failing inside env.py.
         self.connection()
@@ -356,8 +379,13 @@ class Migrator:
             return on_configure(kw)
 
         environment = _RunnerEnvironment(
-            self.cfg, self.graph, configure_hook, wrap_steps, on_version_apply,
-            fn=fn or (lambda rev, context: []), **env_kw,
+            self.cfg,
+            self.graph,
+            configure_hook,
+            wrap_steps,
+            on_version_apply,
+            fn=fn or (lambda rev, context: []),
+            **env_kw,
         )
         try:
             with _runner_owns_logging(), environment:
@@ -376,8 +404,9 @@ class Migrator:
 
         self._guarded(lambda: self._run_env(on_configure))
         if not state:
-            raise ConfigError(f"{self.graph.env_py} finished without calling "
-                              "context.configure() in online mode")
+            raise ConfigError(
+                f"{self.graph.env_py} finished without calling context.configure() in online mode"
+            )
         return state[0]
 
     def _guarded(self, work: Callable[[], None]) -> None:
@@ -397,13 +426,14 @@ class Migrator:
             if step is not None:
                 raise MigrationFailed(
                     f"revision {step.revision} ({step.message}) failed: {reason}",
-                    revision=step.revision, error=type(exc).__name__,
+                    revision=step.revision,
+                    error=type(exc).__name__,
                 ) from None
             if not self._configured:
-                raise ConfigError(f"{self.graph.env_py} failed: {reason}",
-                                  error=type(exc).__name__) from None
-            raise MigrationFailed(f"migration failed: {reason}",
-                                  error=type(exc).__name__) from None
+                raise ConfigError(
+                    f"{self.graph.env_py} failed: {reason}", error=type(exc).__name__
+                ) from None
+            raise MigrationFailed(f"migration failed: {reason}", error=type(exc).__name__) from None
 
     def _database_error(self, exc: DBAPIError) -> RunnerError:
         state = sqlstate_of(exc)
@@ -417,16 +447,26 @@ class Migrator:
             self.cancel.check()
         # A psycopg error with no SQLSTATE is a connection-level failure (refused, reset...);
         # SQLite reports SQL errors ("table exists") as OperationalError without one.
-        if exc.connection_invalidated or (state or "").startswith(("08", "57P")) or (
-                state is None and isinstance(exc, OperationalError)
-                and self.db.backend == "postgresql"):
-            return DatabaseUnavailable(f"{where}connection to the database lost: {reason}",
-                                       **fields)
+        if (
+            exc.connection_invalidated
+            or (state or "").startswith(("08", "57P"))
+            or (
+                state is None
+                and isinstance(exc, OperationalError)
+                and self.db.backend == "postgresql"
+            )
+        ):
+            return DatabaseUnavailable(
+                f"{where}connection to the database lost: {reason}", **fields
+            )
         if state == LOCK_NOT_AVAILABLE:
             return DdlLockTimeout(f"{where}{reason}", **fields)
         if state == READ_ONLY_TRANSACTION:
-            return ConfigError(f"{where}the database is read-only ({reason}); point "
-                               "MIGRATION_DATABASE_URL at the primary", **fields)
+            return ConfigError(
+                f"{where}the database is read-only ({reason}); point "
+                "MIGRATION_DATABASE_URL at the primary",
+                **fields,
+            )
         if state == INSUFFICIENT_PRIVILEGE:
             return PermissionDenied(f"{where}{reason}", **fields)
         permanent = classify_connect_error(exc, self.db.display)
@@ -452,8 +492,12 @@ class Migrator:
         version_table = VersionTable()
         if not result.up_to_date:
             version_table = self.inspect().version_table
-            log.info("wait_started", current=list(result.current), head=list(result.heads),
-                     timeout_s=self.settings.wait_timeout)
+            log.info(
+                "wait_started",
+                current=list(result.current),
+                head=list(result.heads),
+                timeout_s=self.settings.wait_timeout,
+            )
         while not result.up_to_date:
             waited = time.monotonic() - started
             if result.unknown:
@@ -492,20 +536,35 @@ class Migrator:
             steps = script._downgrade_revs(target, cast(Any, heads))  # noqa: SLF001
             return [PendingRevision.of(s.revision) for s in steps]
 
-        self._migrate(target, plan=plan,
-                      fn=lambda rev, context: script._downgrade_revs(target, rev),  # noqa: SLF001
-                      destination_rev=target, check_ahead=False)
+        self._migrate(
+            target,
+            plan=plan,
+            fn=lambda rev, context: script._downgrade_revs(target, rev),  # noqa: SLF001
+            destination_rev=target,
+            check_ahead=False,
+        )
 
     def stamp(self, target: str) -> None:
         self.graph.resolve_target(target)
         script = self.graph.script
-        self._migrate(target, plan=lambda heads: [PendingRevision(target, None, "stamp")],
-                      fn=lambda rev, context: script._stamp_revs(target, rev),  # noqa: SLF001
-                      destination_rev=target, check_ahead=False, report_steps=False)
+        self._migrate(
+            target,
+            plan=lambda heads: [PendingRevision(target, None, "stamp")],
+            fn=lambda rev, context: script._stamp_revs(target, rev),  # noqa: SLF001
+            destination_rev=target,
+            check_ahead=False,
+            report_steps=False,
+        )
 
-    def _migrate(self, target: str, plan: Callable[[tuple[str, ...]], list[PendingRevision]],
-                 fn: Callable[..., Any], destination_rev: str, check_ahead: bool = True,
-                 report_steps: bool = True) -> None:
+    def _migrate(
+        self,
+        target: str,
+        plan: Callable[[tuple[str, ...]], list[PendingRevision]],
+        fn: Callable[..., Any],
+        destination_rev: str,
+        check_ahead: bool = True,
+        report_steps: bool = True,
+    ) -> None:
         budget_left = self.settings.ddl_retry_budget
         attempt = 0
         while True:
@@ -524,11 +583,18 @@ class Migrator:
                         f"revision {revision}: could not take a table lock within "
                         f"{self.settings.ddl_lock_timeout:g}s, retried for "
                         f"{self.settings.ddl_retry_budget:g}s; a long transaction holds it",
-                        revision=revision, sqlstate=LOCK_NOT_AVAILABLE, attempts=attempt,
+                        revision=revision,
+                        sqlstate=LOCK_NOT_AVAILABLE,
+                        attempts=attempt,
                     ) from None
-                log.warning("ddl_lock_timeout", revision=revision, attempt=attempt,
-                            retry_in_s=round(pause, 3), budget_left_s=round(budget_left, 3),
-                            sqlstate=LOCK_NOT_AVAILABLE)
+                log.warning(
+                    "ddl_lock_timeout",
+                    revision=revision,
+                    attempt=attempt,
+                    retry_in_s=round(pause, 3),
+                    budget_left_s=round(budget_left, 3),
+                    sqlstate=LOCK_NOT_AVAILABLE,
+                )
                 self._current_step = None
                 self.cancel.sleep(pause)
                 budget_left -= pause
@@ -550,19 +616,29 @@ class Migrator:
                 " JOIN pg_class c ON c.oid = i.indexrelid"
                 " JOIN pg_class t ON t.oid = i.indrelid"
                 " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE NOT i.indisvalid ORDER BY 1, 2").all()
+                " WHERE NOT i.indisvalid ORDER BY 1, 2"
+            ).all()
             conn.commit()
         except Exception as exc:
             log.debug("invalid_index_check_failed", reason=one_line(exc))
             return
         for schema, index, table in rows:
-            log.warning("invalid_index_found", index=index, schema=schema, table=table,
-                        action=f'DROP INDEX CONCURRENTLY "{schema}"."{index}"; fix the cause, '
-                               "then rerun")
+            log.warning(
+                "invalid_index_found",
+                index=index,
+                schema=schema,
+                table=table,
+                action=f'DROP INDEX CONCURRENTLY "{schema}"."{index}"; fix the cause, then rerun',
+            )
 
-    def _migrate_once(self, plan: Callable[[tuple[str, ...]], list[PendingRevision]],
-                      fn: Callable[..., Any], destination_rev: str, check_ahead: bool,
-                      report_steps: bool) -> None:
+    def _migrate_once(
+        self,
+        plan: Callable[[tuple[str, ...]], list[PendingRevision]],
+        fn: Callable[..., Any],
+        destination_rev: str,
+        check_ahead: bool,
+        report_steps: bool,
+    ) -> None:
         report = self.report
 
         def on_configure(kw: dict[str, Any]) -> Connection:
@@ -589,8 +665,13 @@ class Migrator:
                 report.outcome = "up_to_date"
                 raise _StopEnv
             self._refuse_transaction_pooler()
-            log.info("migration_started", current=list(heads), target=destination_rev,
-                     pending=len(todo), revisions=[p.revision for p in todo])
+            log.info(
+                "migration_started",
+                current=list(heads),
+                target=destination_rev,
+                pending=len(todo),
+                revisions=[p.revision for p in todo],
+            )
             self._version_table = vt
             return self.connection()
 
@@ -602,8 +683,11 @@ class Migrator:
                         self._committed(*running, report_steps)
                     self.cancel.check()
                     self._verify_lock()
-                    info = PendingRevision.of(step.revision) if hasattr(step, "revision") \
+                    info = (
+                        PendingRevision.of(step.revision)
+                        if hasattr(step, "revision")
                         else PendingRevision(str(step), None, "")
+                    )
                     self._current_step = info
                     running = (info, time.monotonic())
                     yield step
@@ -612,8 +696,11 @@ class Migrator:
 
             return steps
 
-        self._guarded(lambda: self._run_env(on_configure, fn=fn, wrap_steps=wrap_steps,
-                                            destination_rev=destination_rev))
+        self._guarded(
+            lambda: self._run_env(
+                on_configure, fn=fn, wrap_steps=wrap_steps, destination_rev=destination_rev
+            )
+        )
         if self._lock is not None and self._conn is not None:
             try:
                 heads = self._read_heads(self._version_table)
@@ -628,13 +715,21 @@ class Migrator:
         # the next step), so "applied" is never claimed for work that was rolled back.
         self._current_step = None
         self._wrote = True
-        applied = AppliedRevision(info.revision, info.down_revision, info.message,
-                                  int((time.monotonic() - started) * 1000))
+        applied = AppliedRevision(
+            info.revision,
+            info.down_revision,
+            info.message,
+            int((time.monotonic() - started) * 1000),
+        )
         if report_steps:
             self.report.applied.append(applied)
-            log.info("revision_applied", revision=applied.revision,
-                     down_revision=applied.down_revision, message=applied.message,
-                     duration_ms=applied.duration_ms)
+            log.info(
+                "revision_applied",
+                revision=applied.revision,
+                down_revision=applied.down_revision,
+                message=applied.message,
+                duration_ms=applied.duration_ms,
+            )
             notify(self.observers, lambda o: o.revision_applied(applied))
 
     def _database_ahead(self, heads: tuple[str, ...]) -> bool:
@@ -643,9 +738,13 @@ class Migrator:
             return False
         if self.settings.on_db_ahead == "fail":
             raise DatabaseAhead(unknown)
-        log.warning("database_ahead", db_revisions=unknown, head=list(self.graph.heads),
-                    reason="the database is at a revision this code does not know; "
-                           "nothing applied (MIGRATION_ON_DB_AHEAD=fail makes this exit 65)")
+        log.warning(
+            "database_ahead",
+            db_revisions=unknown,
+            head=list(self.graph.heads),
+            reason="the database is at a revision this code does not know; "
+            "nothing applied (MIGRATION_ON_DB_AHEAD=fail makes this exit 65)",
+        )
         self.report.outcome = "database_ahead"
         self.report.to_revision = ",".join(heads)
         return True
@@ -667,15 +766,21 @@ class Migrator:
         def offline(kw: dict[str, Any]) -> Any:
             raise AssertionError("offline mode never calls the online hook")
 
-        self._guarded(lambda: self._run_env(
-            offline, fn=lambda rev, context: self.graph.script._upgrade_revs(target, rev),  # noqa: SLF001
-            as_sql=True, starting_rev=starting, destination_rev=target,
-        ))
+        self._guarded(
+            lambda: self._run_env(
+                offline,
+                fn=lambda rev, context: self.graph.script._upgrade_revs(target, rev),  # noqa: SLF001
+                as_sql=True,
+                starting_rev=starting,
+                destination_rev=target,
+            )
+        )
 
 
 def _version_table(kw: dict[str, Any]) -> VersionTable:
-    return VersionTable(kw.get("version_table") or DEFAULT_VERSION_TABLE,
-                        kw.get("version_table_schema"))
+    return VersionTable(
+        kw.get("version_table") or DEFAULT_VERSION_TABLE, kw.get("version_table_schema")
+    )
 
 
 def _first_line(exc: BaseException) -> str:

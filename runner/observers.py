@@ -50,6 +50,7 @@ def notify(observers: Sequence[RunObserver], call: Callable[[RunObserver], None]
             call(observer)
         except Exception as exc:  # an observer is best effort by contract
             log.warning(
-                "observer_failed", observer=type(observer).__name__, error=str(exc).splitlines()[0]
-                if str(exc) else type(exc).__name__,
+                "observer_failed",
+                observer=type(observer).__name__,
+                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             )

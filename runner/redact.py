@@ -38,9 +38,14 @@ def redact(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)
-    return _USERINFO.sub(lambda m: m.group(0).replace(m.group("password"), MASK)
-                         if m.group("password") and m.group("password") != MASK else m.group(0),
-                         text)
+    return _USERINFO.sub(
+        lambda m: (
+            m.group(0).replace(m.group("password"), MASK)
+            if m.group("password") and m.group("password") != MASK
+            else m.group(0)
+        ),
+        text,
+    )
 
 
 def forget_all() -> None:

@@ -81,8 +81,10 @@ class RevisionGraph:
             except CommandError as exc:
                 raise GraphError(f"the revision graph is invalid: {exc}") from None
             except Exception as exc:
-                raise GraphError(f"cannot load a revision file: {_describe_load_error(exc)}",
-                                 error=type(exc).__name__) from None
+                raise GraphError(
+                    f"cannot load a revision file: {_describe_load_error(exc)}",
+                    error=type(exc).__name__,
+                ) from None
         duplicates = [str(w.message) for w in caught if "present more than once" in str(w.message)]
         if duplicates:
             raise GraphError(f"duplicate revision id: {duplicates[0]}", duplicates=duplicates)
@@ -141,7 +143,8 @@ class RevisionGraph:
         # `_version_locations` resolves `version_locations` exactly as Alembic loads them.
         locations = [str(p) for p in self.script._version_locations]  # noqa: SLF001
         return [str(Path(self.script.dir).absolute()), *locations], bool(
-            self.script.recursive_version_locations)
+            self.script.recursive_version_locations
+        )
 
     def describe(self, revision: str) -> PendingRevision | None:
         try:

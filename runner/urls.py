@@ -79,7 +79,8 @@ class DatabaseUrl:
         """The same target, with a driver an async env.py can use."""
         driver = self.url.get_driver_name()
         return self.url.set(
-            drivername=f"{self.url.get_backend_name()}+{_ASYNC_TWIN.get(driver, driver)}")
+            drivername=f"{self.url.get_backend_name()}+{_ASYNC_TWIN.get(driver, driver)}"
+        )
 
 
 def parse_database_url(raw: str, *, source: str) -> DatabaseUrl:

@@ -27,12 +27,17 @@ _state: dict[str, object] = {}
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    pg = os.environ.get(_PG_ENV)
-    maria = os.environ.get(_MARIADB_ENV)
-    return [
-        f"postgres: {'server from ' + _PG_ENV if pg else 'throwaway server started by the suite (pgserver); set ' + _PG_ENV + ' to use your own'}",
-        f"mariadb: {'server from ' + _MARIADB_ENV if maria else 'not configured: MariaDB tests skip (set ' + _MARIADB_ENV + ')'}",
-    ]
+    pg = (
+        f"server from {_PG_ENV}"
+        if os.environ.get(_PG_ENV)
+        else f"throwaway server started by the suite (pgserver); set {_PG_ENV} to use your own"
+    )
+    maria = (
+        f"server from {_MARIADB_ENV}"
+        if os.environ.get(_MARIADB_ENV)
+        else f"not configured: MariaDB tests skip (set {_MARIADB_ENV})"
+    )
+    return [f"postgres: {pg}", f"mariadb: {maria}"]
 
 
 def _as_psycopg2(url: URL) -> URL:
@@ -75,8 +80,13 @@ def pg_url(pg_server_url: URL) -> Iterator[str]:
     finally:
         engine = create_engine(pg_server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": name})
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :d AND pid <> pg_backend_pid()"
+                ),
+                {"d": name},
+            )
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
         engine.dispose()
 

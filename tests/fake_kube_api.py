@@ -81,12 +81,22 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/log$", "_pod_log"),
         ("POST", r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/jobs$", "_create_job"),
         ("GET", r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/jobs/(?P<name>[^/]+)$", "_read_job"),
-        ("DELETE", r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/jobs/(?P<name>[^/]+)$",
-         "_delete_job"),
-        ("POST", r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<res>serviceaccounts|secrets|configmaps)$",
-         "_create_other"),
-        ("POST", r"^/apis/rbac\.authorization\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/"
-         r"(?P<res>roles|rolebindings)$", "_create_other"),
+        (
+            "DELETE",
+            r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/jobs/(?P<name>[^/]+)$",
+            "_delete_job",
+        ),
+        (
+            "POST",
+            r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<res>serviceaccounts|secrets|configmaps)$",
+            "_create_other",
+        ),
+        (
+            "POST",
+            r"^/apis/rbac\.authorization\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/"
+            r"(?P<res>roles|rolebindings)$",
+            "_create_other",
+        ),
     ]
 ]
 _VERBS = {"GET": "get", "POST": "create", "DELETE": "delete"}
@@ -138,15 +148,24 @@ class FakeKubeApi:
         self._server.server_close()
 
     def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
-        path.write_text(json.dumps({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-            "contexts": [{"name": "fake", "context": {
-                "cluster": "fake", "user": "fake", "namespace": namespace}}],
-            "current-context": "fake",
-        }), encoding="utf-8")
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+                    "contexts": [
+                        {
+                            "name": "fake",
+                            "context": {"cluster": "fake", "user": "fake", "namespace": namespace},
+                        }
+                    ],
+                    "current-context": "fake",
+                }
+            ),
+            encoding="utf-8",
+        )
         return path
 
     def forbid(self, verb: str, resource: str) -> None:
@@ -155,7 +174,8 @@ class FakeKubeApi:
 
     def add_job(self, namespace: str, name: str, uid: str | None = None) -> dict[str, Any]:
         job = {
-            "apiVersion": "batch/v1", "kind": "Job",
+            "apiVersion": "batch/v1",
+            "kind": "Job",
             "metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4())},
             "spec": {"template": {"spec": {"containers": [{"name": "migrate", "image": "x"}]}}},
             "status": {},
@@ -166,13 +186,21 @@ class FakeKubeApi:
     def add_pod(self, namespace: str, name: str, *, job: dict[str, Any]) -> None:
         """A pod owned by `job` (as from add_job), for the ownerReferences lookup."""
         self.static_pods[(namespace, name)] = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {
-                "name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
-                "ownerReferences": [{
-                    "apiVersion": "batch/v1", "kind": "Job", "controller": True,
-                    "name": job["metadata"]["name"], "uid": job["metadata"]["uid"],
-                }],
+                "name": name,
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "controller": True,
+                        "name": job["metadata"]["name"],
+                        "uid": job["metadata"]["uid"],
+                    }
+                ],
             },
             "spec": {"containers": [{"name": "migrate", "image": "x"}]},
             "status": {"phase": "Running"},
@@ -200,8 +228,7 @@ class FakeKubeApi:
         if (ns, name) in self.jobs:
             return _status(409, "AlreadyExists", f'jobs.batch "{name}" already exists')
         job = json.loads(json.dumps(body))
-        job["metadata"].update(uid=str(uuid.uuid4()), namespace=ns,
-                               creationTimestamp=_now())
+        job["metadata"].update(uid=str(uuid.uuid4()), namespace=ns, creationTimestamp=_now())
         job["status"] = {}
         self.jobs[(ns, name)] = job
         pod_name = f"{name}-{uuid.uuid4().hex[:5]}"
@@ -228,10 +255,13 @@ class FakeKubeApi:
             ok = pods[-1].script.exit_code == 0
             view["status"] = {
                 "succeeded" if ok else "failed": 1,
-                "conditions": [{
-                    "type": "Complete" if ok else "Failed", "status": "True",
-                    "reason": None if ok else "BackoffLimitExceeded",
-                }],
+                "conditions": [
+                    {
+                        "type": "Complete" if ok else "Failed",
+                        "status": "True",
+                        "reason": None if ok else "BackoffLimitExceeded",
+                    }
+                ],
             }
         return view
 
@@ -239,11 +269,11 @@ class FakeKubeApi:
         selector = query.get("labelSelector", [""])[0]
         wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
         items = [
-            view for view in (self._pod_view(p) for p in self.pods.values() if p.namespace == ns)
+            view
+            for view in (self._pod_view(p) for p in self.pods.values() if p.namespace == ns)
             if all(view["metadata"]["labels"].get(k) == v for k, v in wanted.items())
         ]
-        return _Reply(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {},
-                            "items": items})
+        return _Reply(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
 
     def _read_pod(self, ns: str, name: str, query: dict[str, list[str]]) -> _Reply:
         if (ns, name) in self.static_pods:
@@ -261,7 +291,8 @@ class FakeKubeApi:
         if state == "waiting":
             phase = "Pending"
             container_state: dict[str, Any] = {
-                "waiting": {"reason": pod.script.never_starts or "ContainerCreating"}}
+                "waiting": {"reason": pod.script.never_starts or "ContainerCreating"}
+            }
         elif state == "running":
             phase = "Running"
             container_state = {"running": {"startedAt": _now()}}
@@ -275,21 +306,41 @@ class FakeKubeApi:
                 terminated["message"] = pod.script.termination_message
             container_state = {"terminated": terminated}
         return {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {
-                "name": pod.name, "namespace": pod.namespace, "uid": pod.name,
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "uid": pod.name,
                 "creationTimestamp": _now(),
-                "labels": {"job-name": job["metadata"]["name"],
-                           "controller-uid": job["metadata"]["uid"]},
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "controller": True,
-                                     "name": job["metadata"]["name"],
-                                     "uid": job["metadata"]["uid"]}],
+                "labels": {
+                    "job-name": job["metadata"]["name"],
+                    "controller-uid": job["metadata"]["uid"],
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "controller": True,
+                        "name": job["metadata"]["name"],
+                        "uid": job["metadata"]["uid"],
+                    }
+                ],
             },
             "spec": template["spec"],
-            "status": {"phase": phase, "containerStatuses": [{
-                "name": container["name"], "image": container.get("image", ""), "imageID": "",
-                "ready": state == "running", "restartCount": 0, "state": container_state,
-            }]},
+            "status": {
+                "phase": phase,
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container.get("image", ""),
+                        "imageID": "",
+                        "ready": state == "running",
+                        "restartCount": 0,
+                        "state": container_state,
+                    }
+                ],
+            },
         }
 
     def _pod_log(self, ns: str, name: str, query: dict[str, list[str]]) -> _Reply:
@@ -334,8 +385,18 @@ class _Reply:
 
 
 def _status(code: int, reason: str, message: str, status: str = "Failure") -> _Reply:
-    return _Reply(code, {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                         "status": status, "reason": reason, "message": message, "code": code})
+    return _Reply(
+        code,
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "code": code,
+        },
+    )
 
 
 def _rbac_terms(method: str, path: str) -> tuple[str, str]:
@@ -391,7 +452,8 @@ def _handler_for(api: FakeKubeApi) -> type[BaseHTTPRequestHandler]:
                 resource, verb = _rbac_terms(method, path)
                 if api.forbid_all or (verb, resource) in api.forbidden:
                     return _status(
-                        403, "Forbidden",
+                        403,
+                        "Forbidden",
                         f'{resource} is forbidden: User "system:serviceaccount:fake:runner" '
                         f'cannot {verb} resource "{resource}" (fake API server)',
                     )

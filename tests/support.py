@@ -49,8 +49,11 @@ def with_credentials(url: str, username: str, password: str | None) -> str:
     """`url` logging in as another role; the password is URL-encoded by SQLAlchemy."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).set(username=username, password=password).render_as_string(
-        hide_password=False)
+    return (
+        make_url(url)
+        .set(username=username, password=password)
+        .render_as_string(hide_password=False)
+    )
 
 
 def parse_events(stderr: str) -> list[dict[str, Any]]:
@@ -62,8 +65,11 @@ def parse_events(stderr: str) -> list[dict[str, Any]]:
 
 
 def cli_env(database_url: str | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MIGRATION_", "GITHUB_", "KUBERNETES_")) and k != "DATABASE_URL"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MIGRATION_", "GITHUB_", "KUBERNETES_")) and k != "DATABASE_URL"
+    }
     env["MIGRATION_LOG_FORMAT"] = "json"
     env["PYTHONUNBUFFERED"] = "1"
     env["MIGRATION_CACHE_DIR"] = CACHE_DIR
@@ -73,21 +79,35 @@ def cli_env(database_url: str | None, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], database_url: str | None, cwd: Path | None = None,
-            timeout: float = 120, **extra_env: str) -> CliResult:
+def run_cli(
+    args: list[str],
+    database_url: str | None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    **extra_env: str,
+) -> CliResult:
     proc = subprocess.run(
         [sys.executable, "-m", "runner", *args],
-        env=cli_env(database_url, **extra_env), cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        env=cli_env(database_url, **extra_env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stderr))
 
 
-def start_cli(args: list[str], database_url: str | None, cwd: Path | None = None,
-              **extra_env: str) -> subprocess.Popen[str]:
+def start_cli(
+    args: list[str], database_url: str | None, cwd: Path | None = None, **extra_env: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args], env=cli_env(database_url, **extra_env),
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "runner", *args],
+        env=cli_env(database_url, **extra_env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -96,7 +116,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120) -> CliResult:
     return CliResult(proc.returncode, out, err, parse_events(err))
 
 
-GENERIC_ENV = '''
+GENERIC_ENV = """
 from logging.config import fileConfig
 
 from sqlalchemy import engine_from_config, pool
@@ -133,9 +153,9 @@ if context.is_offline_mode():
     run_migrations_offline()
 else:
     run_migrations_online()
-'''
+"""
 
-COOKBOOK_ENV = '''
+COOKBOOK_ENV = """
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
@@ -155,9 +175,9 @@ def run_migrations_online() -> None:
 
 
 run_migrations_online()
-'''
+"""
 
-ASYNC_ENV = '''
+ASYNC_ENV = """
 import asyncio
 from logging.config import fileConfig
 
@@ -206,7 +226,7 @@ if context.is_offline_mode():
     run_migrations_offline()
 else:
     run_migrations_online()
-'''
+"""
 
 ENV_STYLES = {"generic": GENERIC_ENV, "cookbook": COOKBOOK_ENV, "async": ASYNC_ENV}
 
@@ -248,20 +268,30 @@ class Rev:
 
 
 def table_rev(revision: str, down: str | None, table: str) -> Rev:
-    return Rev(revision, down,
-               upgrade=f'op.create_table("{table}", sa.Column("id", sa.Integer, primary_key=True))',
-               downgrade=f'op.drop_table("{table}")', message=f"create {table}")
+    return Rev(
+        revision,
+        down,
+        upgrade=f'op.create_table("{table}", sa.Column("id", sa.Integer, primary_key=True))',
+        downgrade=f'op.drop_table("{table}")',
+        message=f"create {table}",
+    )
 
 
-def write_project(root: Path, revisions: list[Rev], env_style: str = "generic",
-                  configure_kw: str = "", env_extra: str = "") -> Path:
+def write_project(
+    root: Path,
+    revisions: list[Rev],
+    env_style: str = "generic",
+    configure_kw: str = "",
+    env_extra: str = "",
+) -> Path:
     """Write an Alembic project under `root`; returns the path of its alembic.ini."""
     versions = root / "migrations" / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     (root / "alembic.ini").write_text(INI)
     kw = f", {configure_kw}" if configure_kw else ""
     (root / "migrations" / "env.py").write_text(
-        ENV_STYLES[env_style].format(configure_kw=kw, extra=env_extra))
+        ENV_STYLES[env_style].format(configure_kw=kw, extra=env_extra)
+    )
     for index, rev in enumerate(revisions):
         write_revision(versions, rev, index)
     return root / "alembic.ini"

@@ -26,7 +26,9 @@ def restore_logging() -> Any:
 
 
 def test_unexpected_exception_exits_1_without_traceback(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     def broken(*_: Any, **__: Any) -> int:
         raise KeyError("a bug, not a user error")
@@ -36,9 +38,11 @@ def test_unexpected_exception_exits_1_without_traceback(
     monkeypatch.setenv("MIGRATION_LOG_FORMAT", "json")
     stream = io.StringIO()
     monkeypatch.setattr(logs, "_configured", False)
-    monkeypatch.setattr(logs, "configure_logging",
-                        lambda fmt, level, s=None, _orig=logs.configure_logging:
-                        _orig(fmt, level, stream))
+    monkeypatch.setattr(
+        logs,
+        "configure_logging",
+        lambda fmt, level, s=None, _orig=logs.configure_logging: _orig(fmt, level, stream),
+    )
     code = cli.run(["upgrade"], stdout=io.StringIO())
     assert code == 1
     lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]

@@ -7,7 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.support import chain, with_credentials, finish, run_cli, start_cli, write_project
+from tests.support import chain, finish, run_cli, start_cli, with_credentials, write_project
 from tests.test_upgrade import execute, scalar
 
 
@@ -42,8 +42,9 @@ def test_plan_sql_prints_the_ddl_from_the_current_revision(tmp_path: Path, pg_ur
     assert "CREATE TABLE t_r0001" in result.stdout and "CREATE TABLE t_r0002" in result.stdout
     assert "CREATE TABLE t_r0000" not in result.stdout
     assert "UPDATE alembic_version SET version_num='r0002'" in result.stdout
-    assert all(line.startswith("{") for line in result.stderr.splitlines() if line), \
+    assert all(line.startswith("{") for line in result.stderr.splitlines() if line), (
         "stderr keeps only JSON log lines"
+    )
     assert run_cli(["check", "--config", str(ini)], pg_url).returncode == 3
 
 

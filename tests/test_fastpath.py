@@ -14,24 +14,32 @@ from tests.conftest import _create_database
 from tests.support import Rev, chain, cli_env, run_cli, table_rev, write_project, write_revision
 from tests.test_upgrade import LOCK_CHECK, scalar
 
-PROBE = '''
+PROBE = """
 import json, sys
 from runner import cli
 code = cli.run(sys.argv[1:])
 print(json.dumps({"code": code, "alembic_loaded": "alembic" in sys.modules,
                   "sqlalchemy_loaded": "sqlalchemy" in sys.modules}))
-'''
+"""
 
 
 def run_in_process(args: list[str], url: str, cwd: Path) -> dict[str, object]:
     """Run the CLI and report which heavy modules the run imported."""
-    proc = subprocess.run([sys.executable, "-c", PROBE, *args], env=cli_env(url), cwd=cwd,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        env=cli_env(url),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def test_noop_upgrade_at_head_never_imports_alembic_or_sqlalchemy(tmp_path: Path,
-                                                                  pg_url: str) -> None:
+def test_noop_upgrade_at_head_never_imports_alembic_or_sqlalchemy(
+    tmp_path: Path, pg_url: str
+) -> None:
     ini = write_project(tmp_path, chain(3))
     assert run_cli(["upgrade", "--config", str(ini)], pg_url).returncode == 0
     second = run_in_process(["upgrade", "--config", str(ini)], pg_url, tmp_path)
@@ -40,8 +48,7 @@ def test_noop_upgrade_at_head_never_imports_alembic_or_sqlalchemy(tmp_path: Path
     assert waited == {"code": 0, "alembic_loaded": False, "sqlalchemy_loaded": False}
 
 
-def test_fast_path_reads_the_version_table_env_py_configured(tmp_path: Path,
-                                                            pg_url: str) -> None:
+def test_fast_path_reads_the_version_table_env_py_configured(tmp_path: Path, pg_url: str) -> None:
     scalar(pg_url, "SELECT 1")
     ini = write_project(tmp_path, chain(2), configure_kw='version_table="history_of_schema"')
     assert run_cli(["upgrade", "--config", str(ini)], pg_url).returncode == 0
@@ -49,8 +56,7 @@ def test_fast_path_reads_the_version_table_env_py_configured(tmp_path: Path,
     assert again == {"code": 0, "alembic_loaded": False, "sqlalchemy_loaded": False}
 
 
-def test_a_new_revision_file_sends_the_run_down_the_full_path(tmp_path: Path,
-                                                              pg_url: str) -> None:
+def test_a_new_revision_file_sends_the_run_down_the_full_path(tmp_path: Path, pg_url: str) -> None:
     ini = write_project(tmp_path, chain(2))
     assert run_cli(["upgrade", "--config", str(ini)], pg_url).returncode == 0
     write_revision(tmp_path / "migrations" / "versions", table_rev("added", "r0001", "added"), 9)
@@ -69,11 +75,16 @@ def test_an_edited_env_py_invalidates_the_cache(tmp_path: Path, pg_url: str) -> 
 
 
 def test_warm_cache_on_a_fresh_database_hands_the_locked_connection_to_alembic(
-        tmp_path: Path, pg_server_url: object, pg_url: str) -> None:
-    proof = Rev("proof", "r0001", upgrade=f'''
+    tmp_path: Path, pg_server_url: object, pg_url: str
+) -> None:
+    proof = Rev(
+        "proof",
+        "r0001",
+        upgrade=f'''
 held = op.get_bind().exec_driver_sql("{LOCK_CHECK["postgresql"]}").scalar()
 assert held == 1, f"revision ran on a connection without the lock ({{held}})"
-''')
+''',
+    )
     ini = write_project(tmp_path, [*chain(2), proof])
     assert run_cli(["upgrade", "--config", str(ini)], pg_url).returncode == 0
     other, _ = _create_database(pg_server_url, "mr_test_fp", '"')  # type: ignore[arg-type]
@@ -87,8 +98,11 @@ assert held == 1, f"revision ran on a connection without the lock ({{held}})"
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        engine = create_engine(pg_server_url, poolclass=NullPool,  # type: ignore[call-overload]
-                               isolation_level="AUTOCOMMIT")
+        engine = create_engine(
+            pg_server_url,
+            poolclass=NullPool,  # type: ignore[call-overload]
+            isolation_level="AUTOCOMMIT",
+        )
         with engine.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{other.database}" WITH (FORCE)')
         engine.dispose()
@@ -96,10 +110,14 @@ assert held == 1, f"revision ran on a connection without the lock ({{held}})"
 
 def test_cache_entry_is_reused_only_while_the_files_are_identical(tmp_path: Path) -> None:
     write_project(tmp_path, chain(2))
-    facts = cache.ProjectFacts(["r0001"], "alembic_version", None,
-                               [str(tmp_path / "migrations"),
-                                str(tmp_path / "migrations" / "versions")], False,
-                               [str(tmp_path / "alembic.ini")])
+    facts = cache.ProjectFacts(
+        ["r0001"],
+        "alembic_version",
+        None,
+        [str(tmp_path / "migrations"), str(tmp_path / "migrations" / "versions")],
+        False,
+        [str(tmp_path / "alembic.ini")],
+    )
     entry = cache.entry_path(tmp_path / "cache", tmp_path / "alembic.ini", None, "env")
     assert cache.store(entry, facts)
     assert cache.lookup(entry) == facts
@@ -118,7 +136,13 @@ def test_an_unwritable_cache_directory_is_no_cache_not_an_error(tmp_path: Path) 
 def test_fast_path_off_always_takes_the_full_path(tmp_path: Path, pg_url: str) -> None:
     ini = write_project(tmp_path, chain(1))
     assert run_cli(["upgrade", "--config", str(ini)], pg_url).returncode == 0
-    proc = subprocess.run([sys.executable, "-c", PROBE, "upgrade", "--config", str(ini)],
-                          env=cli_env(pg_url, MIGRATION_FAST_PATH="false"), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, "upgrade", "--config", str(ini)],
+        env=cli_env(pg_url, MIGRATION_FAST_PATH="false"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert json.loads(proc.stdout.strip().splitlines()[-1])["alembic_loaded"] is True

@@ -25,11 +25,16 @@ from tests.faults.proxy import FaultProxy, proxy_fixture, tcp_pg_url_fixture  # 
 from tests.support import Rev, chain, run_cli, write_project
 
 ORDER3 = ["r0000", "r0001", "r0002"]
-SLEEPY = Rev("r0001", "r0000", message="long statement", upgrade='''
+SLEEPY = Rev(
+    "r0001",
+    "r0000",
+    message="long statement",
+    upgrade="""
 import os
 op.create_table("t_r0001", sa.Column("id", sa.Integer))
 op.execute(f"SELECT pg_sleep({os.environ.get('FAULT_SLEEP', '0')})")
-''')
+""",
+)
 
 
 def _project(tmp_path: Path) -> Path:
@@ -38,15 +43,17 @@ def _project(tmp_path: Path) -> Path:
 
 def _wait_for_query(admin_url: str, pattern: str, run: LiveCli, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
-    while not scalar(admin_url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE :p",
-                     p=pattern):
+    while not scalar(
+        admin_url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE :p", p=pattern
+    ):
         assert time.monotonic() < deadline, "".join(run.lines)
         time.sleep(0.05)
 
 
 @pytest.mark.timeout(60)
 def test_database_not_accepting_yet_is_waited_for_then_migrated(
-        tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy) -> None:
+    tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
+) -> None:
     ini = _project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     proxy.stop_accepting()
@@ -61,27 +68,37 @@ def test_database_not_accepting_yet_is_waited_for_then_migrated(
 
 @pytest.mark.timeout(60)
 def test_blackhole_during_connect_exits_69_within_the_connect_timeout(
-        tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy) -> None:
+    tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
+) -> None:
     ini = _project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     proxy.blackhole()
     started = time.monotonic()
-    result = run_cli(["upgrade", "--config", str(ini)], url, MIGRATION_CONNECT_TIMEOUT="3",
-                     timeout=60)
+    result = run_cli(
+        ["upgrade", "--config", str(ini)], url, MIGRATION_CONNECT_TIMEOUT="3", timeout=60
+    )
     took = time.monotonic() - started
     assert took < 20, f"connect into a blackhole took {took:.1f}s"
     assert result.finished["outcome"] == "database_unavailable"
-    assert_clean_outcome(result, tcp_pg_url, 69, applied=set(), revision_order=ORDER3,
-                         remove_fault=proxy.restore, config=ini, rerun_url=url)
+    assert_clean_outcome(
+        result,
+        tcp_pg_url,
+        69,
+        applied=set(),
+        revision_order=ORDER3,
+        remove_fault=proxy.restore,
+        config=ini,
+        rerun_url=url,
+    )
 
 
 @pytest.mark.timeout(60)
 def test_reset_while_waiting_for_the_lock_exits_69_and_changes_nothing(
-        tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy) -> None:
+    tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
+) -> None:
     ini = _project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
-    key = derive_key(parse_database_url(tcp_pg_url, source="t").database, None,
-                     "alembic_version")
+    key = derive_key(parse_database_url(tcp_pg_url, source="t").database, None, "alembic_version")
     engine = create_engine(tcp_pg_url, poolclass=NullPool)
     with engine.connect() as holder:
         holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -92,13 +109,15 @@ def test_reset_while_waiting_for_the_lock_exits_69_and_changes_nothing(
         result = run.finish(30)
     engine.dispose()
     assert result.finished["outcome"] == "database_unavailable", result.stderr
-    assert_clean_outcome(result, tcp_pg_url, 69, applied=set(), revision_order=ORDER3,
-                         config=ini, rerun_url=url)
+    assert_clean_outcome(
+        result, tcp_pg_url, 69, applied=set(), revision_order=ORDER3, config=ini, rerun_url=url
+    )
 
 
 @pytest.mark.timeout(60)
 def test_reset_mid_revision_exits_69_keeping_only_committed_revisions(
-        tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy) -> None:
+    tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
+) -> None:
     ini = _project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30")
@@ -109,13 +128,15 @@ def test_reset_mid_revision_exits_69_keeping_only_committed_revisions(
     assert result.finished["applied"] == 1
     assert [e["revision"] for e in result.named("revision_applied")] == ["r0000"]
     # The server notices the vanished client (client_connection_check_interval) and rolls back.
-    assert_clean_outcome(result, tcp_pg_url, 69, applied={"r0000"}, revision_order=ORDER3,
-                         config=ini, rerun_url=url)
+    assert_clean_outcome(
+        result, tcp_pg_url, 69, applied={"r0000"}, revision_order=ORDER3, config=ini, rerun_url=url
+    )
 
 
 @pytest.mark.timeout(90)
 def test_blackhole_mid_revision_then_sigterm_exits_within_the_grace_period(
-        tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy) -> None:
+    tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
+) -> None:
     """The peer goes silent while a statement runs: no reply, no RST. A SIGTERM must still end
     the run within the shutdown grace period, although even the cancel request gets no answer."""
     ini = _project(tmp_path)
@@ -135,16 +156,22 @@ def test_blackhole_mid_revision_then_sigterm_exits_within_the_grace_period(
     # and the server drops the backend and its lock within client_connection_check_interval.
     proxy.reset()
     proxy.restore()
-    assert_clean_outcome(result, tcp_pg_url, 143, applied={"r0000"}, revision_order=ORDER3,
-                         config=ini, rerun_url=url)
+    assert_clean_outcome(
+        result, tcp_pg_url, 143, applied={"r0000"}, revision_order=ORDER3, config=ini, rerun_url=url
+    )
 
 
 # The last revision cuts the connection right after its COMMIT went through: the test's proxy
 # is told (through a marker file) while the runner thread is held just after the commit.
-AFTER_COMMIT = Rev("r0002", "r0001", message="cut right after commit", header='''
+AFTER_COMMIT = Rev(
+    "r0002",
+    "r0001",
+    message="cut right after commit",
+    header="""
 import os, time
 from pathlib import Path
-''', upgrade='''
+""",
+    upgrade="""
 marker = os.environ.get("FAULT_MARKER")
 bind = op.get_bind()
 if marker:
@@ -161,12 +188,14 @@ if marker:
 
     dialect.do_commit = commit_then_pause
 op.create_table("t_r0002", sa.Column("id", sa.Integer))
-''')
+""",
+)
 
 
 @pytest.mark.timeout(60)
 def test_reset_right_after_the_last_commit_never_claims_more_or_less_than_committed(
-        tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy) -> None:
+    tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
+) -> None:
     ini = write_project(tmp_path, [*chain(2), AFTER_COMMIT])
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     marker = tmp_path / "committed.marker"
@@ -187,6 +216,7 @@ def test_reset_right_after_the_last_commit_never_claims_more_or_less_than_commit
     assert result.finished["outcome"] == "database_unavailable", result.stderr
     claimed = [e["revision"] for e in result.named("revision_applied")]
     assert claimed in (["r0000", "r0001"], ["r0000", "r0001", "r0002"]), claimed
-    rerun = assert_clean_outcome(result, tcp_pg_url, 69, applied={"r0002"},
-                                 revision_order=ORDER3, config=ini, rerun_url=url)
+    rerun = assert_clean_outcome(
+        result, tcp_pg_url, 69, applied={"r0002"}, revision_order=ORDER3, config=ini, rerun_url=url
+    )
     assert rerun is not None and rerun.finished["applied"] == 0

@@ -28,15 +28,18 @@ def bouncer_url(pg_url: str) -> Iterator[str]:
     """`pg_url` through a PgBouncer in transaction mode (trust auth, a pool of 4)."""
     if not os.path.exists(PGBOUNCER):
         if CI:
-            pytest.fail("CI must run the pooler test: install pgbouncer "
-                        "(scripts/install-system-tools.sh)")
+            pytest.fail(
+                "CI must run the pooler test: install pgbouncer (scripts/install-system-tools.sh)"
+            )
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
     target = make_url(pg_url)
     if not target.host or "host" in target.query:
         if CI:
             pytest.fail("CI must run the pooler test: MIGRATION_TEST_POSTGRES_URL must be TCP")
-        pytest.skip("the pooler test needs PostgreSQL over TCP; set MIGRATION_TEST_POSTGRES_URL "
-                    "(the throwaway pgserver listens on a unix socket only)")
+        pytest.skip(
+            "the pooler test needs PostgreSQL over TCP; set MIGRATION_TEST_POSTGRES_URL "
+            "(the throwaway pgserver listens on a unix socket only)"
+        )
     host = target.host
     workdir = Path(tempfile.mkdtemp(prefix="mr-pgbouncer-"))
     port = free_port()
@@ -75,7 +78,8 @@ pidfile = {workdir}/pgbouncer.pid
                 assert time.monotonic() < deadline, "pgbouncer did not start"
                 time.sleep(0.1)
         yield target.set(host="127.0.0.1", port=port, query={}).render_as_string(
-            hide_password=False)
+            hide_password=False
+        )
     finally:
         proc.terminate()
         try:
@@ -87,20 +91,29 @@ pidfile = {workdir}/pgbouncer.pid
 
 @pytest.mark.timeout(60)
 def test_transaction_pooler_is_refused_with_78_naming_a_direct_url(
-        tmp_path: Path, pg_url: str, bouncer_url: str) -> None:
+    tmp_path: Path, pg_url: str, bouncer_url: str
+) -> None:
     ini = write_project(tmp_path, chain(2))
-    password = "Bounc3r-s3cret/%?"  # noqa: S105 - a test value
+    password = "Bounc3r-s3cret/%?"
     from tests.support import with_credentials
 
-    through_pool = with_credentials(bouncer_url, make_url(bouncer_url).username or "postgres",
-                                    password)
+    through_pool = with_credentials(
+        bouncer_url, make_url(bouncer_url).username or "postgres", password
+    )
     result = run_cli(["upgrade", "--config", str(ini)], through_pool)
     assert result.finished["outcome"] == "config_error", result.stderr
     reason = result.finished["reason"]
     assert "transaction-mode connection pooler" in reason and "directly" in reason
     assert version_heads(pg_url) == set(), "nothing may be migrated through the pooler"
-    assert_clean_outcome(result, pg_url, 78, password=password, applied=set(),
-                         revision_order=["r0000", "r0001"], config=ini)
+    assert_clean_outcome(
+        result,
+        pg_url,
+        78,
+        password=password,
+        applied=set(),
+        revision_order=["r0000", "r0001"],
+        config=ini,
+    )
     # Nothing pending is still answered through the pooler: the read-only path stays usable.
     again = run_cli(["check", "--config", str(ini)], through_pool)
     assert again.returncode == 0, again.stderr

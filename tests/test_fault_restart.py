@@ -14,26 +14,34 @@ from tests.faults.private_pg import PrivateServer, private_pg_fixture  # noqa: F
 from tests.support import Rev, chain, write_project
 
 ORDER3 = ["r0000", "r0001", "r0002"]
-SLEEPY = Rev("r0001", "r0000", message="long statement", upgrade='''
+SLEEPY = Rev(
+    "r0001",
+    "r0000",
+    message="long statement",
+    upgrade="""
 import os
 op.create_table("t_r0001", sa.Column("id", sa.Integer))
 op.execute(f"SELECT pg_sleep({os.environ.get('FAULT_SLEEP', '0')})")
-''')
+""",
+)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_database_restart_mid_revision_exits_69_and_the_rerun_completes(
-        tmp_path: Path, private_pg: PrivateServer, mode: str) -> None:
+    tmp_path: Path, private_pg: PrivateServer, mode: str
+) -> None:
     private_pg.ensure_running()
     url = private_pg.create_database()
     ini = write_project(tmp_path, [chain(1)[0], SLEEPY, chain(3)[2]])
-    run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30",
-                  MIGRATION_CONNECT_TIMEOUT="5")
+    run = LiveCli(
+        ["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30", MIGRATION_CONNECT_TIMEOUT="5"
+    )
     deadline = time.monotonic() + 20
-    while not scalar(url, "SELECT count(*) FROM pg_stat_activity "
-                          "WHERE query LIKE 'SELECT pg_sleep(30)%'"):
+    while not scalar(
+        url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'"
+    ):
         assert time.monotonic() < deadline, "".join(run.lines)
         time.sleep(0.05)
     private_pg.stop(mode)
@@ -47,14 +55,16 @@ def test_database_restart_mid_revision_exits_69_and_the_rerun_completes(
     # version table and schema in step (checked through revision_order).
     survived = version_heads(url)
     assert survived == {"r0000"} or (mode == "immediate" and survived == set()), survived
-    assert_clean_outcome(result, url, 69, applied=survived, revision_order=ORDER3,
-                         password=None, config=ini)
+    assert_clean_outcome(
+        result, url, 69, applied=survived, revision_order=ORDER3, password=None, config=ini
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_database_not_up_yet_is_waited_for_then_migrated(
-        tmp_path: Path, private_pg: PrivateServer) -> None:
+    tmp_path: Path, private_pg: PrivateServer
+) -> None:
     private_pg.ensure_running()
     url = private_pg.create_database()
     ini = write_project(tmp_path, chain(3))
@@ -64,5 +74,4 @@ def test_database_not_up_yet_is_waited_for_then_migrated(
     private_pg.start(wait=False)  # the runner sees "starting up", then "ready"
     result = run.finish(60)
     assert result.named("database_ready")
-    assert_clean_outcome(result, url, 0, applied={"r0002"}, revision_order=ORDER3,
-                         password=None)
+    assert_clean_outcome(result, url, 0, applied={"r0002"}, revision_order=ORDER3, password=None)

@@ -28,8 +28,10 @@ from tests.faults.live import LiveCli
 from tests.faults.private_pg import free_port
 from tests.support import Rev, chain, write_project
 
-SIGNALS = [pytest.param(signal.SIGTERM, 143, id="SIGTERM"),
-           pytest.param(signal.SIGINT, 130, id="SIGINT")]
+SIGNALS = [
+    pytest.param(signal.SIGTERM, 143, id="SIGTERM"),
+    pytest.param(signal.SIGINT, 130, id="SIGINT"),
+]
 
 
 def _order(n: int) -> list[str]:
@@ -39,7 +41,8 @@ def _order(n: int) -> list[str]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("sig", "code"), SIGNALS)
 def test_signal_while_waiting_for_the_database_exits_at_once(
-        tmp_path: Path, pg_url: str, sig: signal.Signals, code: int) -> None:
+    tmp_path: Path, pg_url: str, sig: signal.Signals, code: int
+) -> None:
     ini = write_project(tmp_path, chain(2))
     nowhere = f"postgresql://u:{quote(SENTINEL_PASSWORD, safe='')}@127.0.0.1:{free_port()}/db"
     run = LiveCli(["upgrade", "--config", str(ini)], nowhere, MIGRATION_CONNECT_TIMEOUT="60")
@@ -49,14 +52,14 @@ def test_signal_while_waiting_for_the_database_exits_at_once(
     result = run.finish(30)
     assert time.monotonic() - sent < 3, "a runner waiting for the database must stop at once"
     assert result.finished["outcome"] == "interrupted"
-    assert_clean_outcome(result, pg_url, code, applied=set(),
-                         config=ini, revision_order=_order(2))
+    assert_clean_outcome(result, pg_url, code, applied=set(), config=ini, revision_order=_order(2))
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("sig", "code"), SIGNALS)
 def test_signal_while_waiting_for_the_lock_exits_without_touching_the_schema(
-        tmp_path: Path, pg_url: str, sig: signal.Signals, code: int) -> None:
+    tmp_path: Path, pg_url: str, sig: signal.Signals, code: int
+) -> None:
     ini = write_project(tmp_path, chain(2))
     url = with_sentinel(pg_url)
     from runner.urls import parse_database_url
@@ -77,20 +80,27 @@ def test_signal_while_waiting_for_the_lock_exits_without_touching_the_schema(
         holder.close()
         engine.dispose()
     assert result.finished["outcome"] == "interrupted"
-    assert_clean_outcome(result, pg_url, code, applied=set(), revision_order=_order(2),
-                         config=ini, rerun_url=url)
+    assert_clean_outcome(
+        result, pg_url, code, applied=set(), revision_order=_order(2), config=ini, rerun_url=url
+    )
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("sig", "code"), SIGNALS)
 def test_signal_while_a_revision_runs_python_code_rolls_it_back(
-        tmp_path: Path, pg_url: str, sig: signal.Signals, code: int) -> None:
+    tmp_path: Path, pg_url: str, sig: signal.Signals, code: int
+) -> None:
     """No statement in flight to cancel: the next statement must refuse to run."""
-    napper = Rev("r0001", "r0000", message="python sleeps between two statements", upgrade='''
+    napper = Rev(
+        "r0001",
+        "r0000",
+        message="python sleeps between two statements",
+        upgrade="""
 op.create_table("t_r0001", sa.Column("id", sa.Integer))
 import os, time; time.sleep(float(os.environ.get("FAULT_SLEEP", "0")))
 op.execute("SELECT 1")
-''')
+""",
+    )
     ini = write_project(tmp_path, [chain(1)[0], napper, *chain(3)[2:]])
     url = with_sentinel(pg_url)
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="4")
@@ -101,15 +111,17 @@ op.execute("SELECT 1")
     result = run.finish(30)
     assert time.monotonic() - sent < 6
     assert result.finished["applied"] == 1
-    assert_clean_outcome(result, pg_url, code, applied={"r0000"}, revision_order=_order(3),
-                         config=ini, rerun_url=url)
+    assert_clean_outcome(
+        result, pg_url, code, applied={"r0000"}, revision_order=_order(3), config=ini, rerun_url=url
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("sig", "code"), SIGNALS)
 def test_signal_between_revisions_of_a_long_chain_keeps_version_and_schema_in_step(
-        tmp_path: Path, pg_url: str, sig: signal.Signals, code: int) -> None:
+    tmp_path: Path, pg_url: str, sig: signal.Signals, code: int
+) -> None:
     order = _order(150)
     ini = write_project(tmp_path, chain(150))
     url = with_sentinel(pg_url)
@@ -123,55 +135,77 @@ def test_signal_between_revisions_of_a_long_chain_keeps_version_and_schema_in_st
     applied = [e["revision"] for e in result.named("revision_applied")]
     assert applied == order[: len(applied)]
     assert result.finished["applied"] == len(applied)
-    assert_clean_outcome(result, pg_url, code, applied={applied[-1]}, revision_order=order,
-                         config=ini, rerun_url=url)
+    assert_clean_outcome(
+        result, pg_url, code, applied={applied[-1]}, revision_order=order, config=ini, rerun_url=url
+    )
 
 
-CIC = Rev("r0001", "r0000", message="index built concurrently", upgrade='''
+CIC = Rev(
+    "r0001",
+    "r0000",
+    message="index built concurrently",
+    upgrade="""
 with op.get_context().autocommit_block():
     import os
     op.execute(f"SELECT pg_sleep({os.environ.get('FAULT_SLEEP', '0')})")
     op.create_index("ix_cic", "t_r0000", ["id"], postgresql_concurrently=True)
 op.create_table("t_r0001", sa.Column("id", sa.Integer))
-''')
+""",
+)
 
 
 @pytest.mark.timeout(90)
 def test_sigterm_during_an_autocommit_block_exits_143_and_the_rerun_completes(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     ini = write_project(tmp_path, [chain(1)[0], CIC])
     url = with_sentinel(pg_url)
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30")
     deadline = time.monotonic() + 20
-    while not scalar(pg_url, "SELECT count(*) FROM pg_stat_activity "
-                             "WHERE query LIKE 'SELECT pg_sleep(30)%'"):
+    while not scalar(
+        pg_url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'"
+    ):
         assert time.monotonic() < deadline, "".join(run.lines)
         time.sleep(0.1)
     sent = time.monotonic()
     run.proc.send_signal(signal.SIGTERM)
     result = run.finish(30)
     assert time.monotonic() - sent < 5
-    assert_clean_outcome(result, pg_url, 143, applied={"r0000"},
-                         revision_order=["r0000", "r0001"], config=ini, rerun_url=url,
-                         rerun_env={})
+    assert_clean_outcome(
+        result,
+        pg_url,
+        143,
+        applied={"r0000"},
+        revision_order=["r0000", "r0001"],
+        config=ini,
+        rerun_url=url,
+        rerun_env={},
+    )
 
 
 @pytest.mark.timeout(90)
 def test_sigkill_mid_statement_frees_the_lock_within_the_connection_check_interval(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     """client_connection_check_interval (2 s) lets the server notice the dead client while
     pg_sleep(60) runs; without it the lock would stay held for the whole minute."""
-    sleepy = Rev("r0001", "r0000", message="long statement", upgrade='''
+    sleepy = Rev(
+        "r0001",
+        "r0000",
+        message="long statement",
+        upgrade="""
 op.create_table("t_r0001", sa.Column("id", sa.Integer))
 import os
 op.execute(f"SELECT pg_sleep({os.environ.get('FAULT_SLEEP', '0')})")
-''')
+""",
+    )
     ini = write_project(tmp_path, [chain(1)[0], sleepy])
     url = with_sentinel(pg_url)
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="60")
     deadline = time.monotonic() + 20
-    while not scalar(pg_url, "SELECT count(*) FROM pg_stat_activity "
-                             "WHERE query LIKE 'SELECT pg_sleep(60)%'"):
+    while not scalar(
+        pg_url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'"
+    ):
         assert time.monotonic() < deadline, "".join(run.lines)
         time.sleep(0.1)
     run.proc.kill()

@@ -43,8 +43,11 @@ def kubeconfig(fake_api: FakeKubeApi, tmp_path: Path) -> str:
 
 def _settings(**kw: Any) -> Settings:
     values: dict[str, Any] = {
-        "kube_events": "on", "in_kubernetes": False, "pod_namespace": NS,
-        "pod_name": POD, "job_name": JOB,
+        "kube_events": "on",
+        "in_kubernetes": False,
+        "pod_namespace": NS,
+        "pod_name": POD,
+        "job_name": JOB,
     }
     values.update(kw)
     return Settings(**values)
@@ -58,16 +61,25 @@ def _observer(kubeconfig: str, **kw: Any) -> RunObserver:
 
 def _success() -> RunReport:
     return RunReport(
-        command="upgrade", from_revision="a1", to_revision="c3", duration_ms=2500,
-        applied=[AppliedRevision("b2", "a1", "add users", 1200),
-                 AppliedRevision("c3", "b2", "index users.email", 1300)],
+        command="upgrade",
+        from_revision="a1",
+        to_revision="c3",
+        duration_ms=2500,
+        applied=[
+            AppliedRevision("b2", "a1", "add users", 1200),
+            AppliedRevision("c3", "b2", "index users.email", 1300),
+        ],
     )
 
 
 def _failure() -> RunReport:
     return RunReport(
-        command="upgrade", exit_code=70, outcome="migration_failed", from_revision="a1",
-        failed_revision="b2", reason='relation "users" already exists\n(second line)',
+        command="upgrade",
+        exit_code=70,
+        outcome="migration_failed",
+        from_revision="a1",
+        failed_revision="b2",
+        reason='relation "users" already exists\n(second line)',
     )
 
 
@@ -81,7 +93,10 @@ def test_started_event_is_posted_on_the_owning_job(fake_api: FakeKubeApi, kubeco
     assert event["reason"] == "MigrationStarted"
     assert event["type"] == "Normal"
     assert event["involvedObject"] == {
-        "apiVersion": "batch/v1", "kind": "Job", "name": JOB, "namespace": NS,
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": JOB,
+        "namespace": NS,
         "uid": job["metadata"]["uid"],  # `kubectl describe job` matches Events by uid too
     }
     assert event["message"] == f"migration-runner upgrade started in pod {POD}"
@@ -105,8 +120,7 @@ def test_succeeded_event_lists_the_applied_revisions(
     assert event["reason"] == "MigrationSucceeded"
     assert event["type"] == "Normal"
     assert event["message"] == (
-        "applied 2 revisions in 2.5s: b2 (add users), c3 (index users.email); "
-        "database now at c3"
+        "applied 2 revisions in 2.5s: b2 (add users), c3 (index users.email); database now at c3"
     )
 
 
@@ -115,7 +129,8 @@ def test_succeeded_event_with_nothing_to_apply_names_the_current_revision(
 ) -> None:
     fake_api.add_job(NS, JOB)
     _observer(kubeconfig).run_finished(
-        RunReport(command="upgrade", from_revision="c3", to_revision="c3", duration_ms=300))
+        RunReport(command="upgrade", from_revision="c3", to_revision="c3", duration_ms=300)
+    )
     assert fake_api.events[0]["message"] == "nothing to apply: database at c3 (0.3s)"
 
 
@@ -144,7 +159,8 @@ def test_waiting_event_says_another_runner_holds_the_lock(
     assert event["reason"] == "MigrationWaiting"
     assert event["type"] == "Normal"
     assert event["message"] == (
-        "migration lock pg_advisory_lock(4242) is held by another runner; waiting for it")
+        "migration lock pg_advisory_lock(4242) is held by another runner; waiting for it"
+    )
 
 
 def test_a_whole_run_posts_started_waiting_then_succeeded_in_order(
@@ -157,7 +173,10 @@ def test_a_whole_run_posts_started_waiting_then_succeeded_in_order(
     observer.revision_applied(AppliedRevision("b2", "a1", "add users", 1))  # no event
     observer.run_finished(_success())
     assert [e["reason"] for e in fake_api.events] == [
-        "MigrationStarted", "MigrationWaiting", "MigrationSucceeded"]
+        "MigrationStarted",
+        "MigrationWaiting",
+        "MigrationSucceeded",
+    ]
 
 
 def test_without_job_name_the_job_is_found_from_the_pods_owner_reference(
@@ -177,8 +196,9 @@ def test_without_job_or_pod_name_there_is_no_observer_and_a_warning(
     fake_api: FakeKubeApi, kubeconfig: str
 ) -> None:
     with capture_logs() as logs:
-        observer = kube.event_observer(_settings(job_name=None, pod_name=None),
-                                       kubeconfig=kubeconfig)
+        observer = kube.event_observer(
+            _settings(job_name=None, pod_name=None), kubeconfig=kubeconfig
+        )
     assert observer is None
     assert [e["event"] for e in logs] == ["kube_events_unavailable"]
     assert "MIGRATION_JOB_NAME" in logs[0]["reason"]
@@ -196,8 +216,7 @@ def test_events_forbidden_by_rbac_warn_once_then_the_observer_stays_quiet(
         observer.run_finished(_success())
 
     assert len(fake_api.requests_for("POST", "/events$")) == 1  # disabled after the first 403
-    assert [(e["event"], e["log_level"]) for e in logs] == [
-        ("kube_events_unavailable", "warning")]
+    assert [(e["event"], e["log_level"]) for e in logs] == [("kube_events_unavailable", "warning")]
     assert "forbidden (HTTP 403)" in logs[0]["reason"]
     assert logs[0]["status"] == 403
 
@@ -284,7 +303,8 @@ def test_in_a_cluster_auto_uses_the_in_cluster_config_and_service_account_namesp
     fake_api.add_job("team-a", JOB)
 
     observer = kube.event_observer(
-        _settings(kube_events="auto", in_kubernetes=True, pod_namespace=None))
+        _settings(kube_events="auto", in_kubernetes=True, pod_namespace=None)
+    )
     assert observer is not None
     observer.run_started("upgrade")
     assert fake_api.requests_for("POST", "^/api/v1/namespaces/team-a/events$")
@@ -305,8 +325,9 @@ def test_event_messages_are_one_line_and_bounded() -> None:
 def _project(tmp_path: Path, failing: bool = False) -> Path:
     revisions = [table_rev("a1", None, "users")]
     if failing:
-        revisions.append(Rev("b2", "a1", upgrade='raise RuntimeError("boom in b2")',
-                             message="broken"))
+        revisions.append(
+            Rev("b2", "a1", upgrade='raise RuntimeError("boom in b2")', message="broken")
+        )
     write_project(tmp_path, revisions)
     return tmp_path
 
@@ -318,8 +339,13 @@ def test_cli_upgrade_posts_started_and_succeeded_events(
     fake_api.add_job(NS, JOB)
     root = _project(tmp_path)
     result = run_cli(
-        ["upgrade"], f"sqlite:///{root / 'app.db'}", cwd=root, KUBECONFIG=kubeconfig,
-        MIGRATION_KUBE_EVENTS="on", MIGRATION_POD_NAMESPACE=NS, MIGRATION_JOB_NAME=JOB,
+        ["upgrade"],
+        f"sqlite:///{root / 'app.db'}",
+        cwd=root,
+        KUBECONFIG=kubeconfig,
+        MIGRATION_KUBE_EVENTS="on",
+        MIGRATION_POD_NAMESPACE=NS,
+        MIGRATION_JOB_NAME=JOB,
     )
     assert result.returncode == 0, result.stderr
     assert [e["reason"] for e in fake_api.events] == ["MigrationStarted", "MigrationSucceeded"]
@@ -334,8 +360,13 @@ def test_cli_failed_migration_posts_a_failed_event_with_exit_code_70(
     fake_api.add_job(NS, JOB)
     root = _project(tmp_path, failing=True)
     result = run_cli(
-        ["upgrade"], f"sqlite:///{root / 'app.db'}", cwd=root, KUBECONFIG=kubeconfig,
-        MIGRATION_KUBE_EVENTS="on", MIGRATION_POD_NAMESPACE=NS, MIGRATION_JOB_NAME=JOB,
+        ["upgrade"],
+        f"sqlite:///{root / 'app.db'}",
+        cwd=root,
+        KUBECONFIG=kubeconfig,
+        MIGRATION_KUBE_EVENTS="on",
+        MIGRATION_POD_NAMESPACE=NS,
+        MIGRATION_JOB_NAME=JOB,
     )
     assert result.returncode == 70, result.stderr
     failed = fake_api.events[-1]
@@ -353,8 +384,13 @@ def test_cli_upgrade_succeeds_when_rbac_denies_events(
     fake_api.forbid("create", "events")
     root = _project(tmp_path)
     result = run_cli(
-        ["upgrade"], f"sqlite:///{root / 'app.db'}", cwd=root, KUBECONFIG=kubeconfig,
-        MIGRATION_KUBE_EVENTS="on", MIGRATION_POD_NAMESPACE=NS, MIGRATION_JOB_NAME=JOB,
+        ["upgrade"],
+        f"sqlite:///{root / 'app.db'}",
+        cwd=root,
+        KUBECONFIG=kubeconfig,
+        MIGRATION_KUBE_EVENTS="on",
+        MIGRATION_POD_NAMESPACE=NS,
+        MIGRATION_JOB_NAME=JOB,
     )
     assert result.returncode == 0, result.stderr
     assert result.finished["outcome"] == "success"
@@ -370,10 +406,15 @@ def test_cli_in_a_pod_writes_the_termination_message_even_when_the_api_is_unusab
     root = _project(tmp_path)
     termination_log = tmp_path / "termination-log"
     result = run_cli(
-        ["upgrade"], f"sqlite:///{root / 'app.db'}", cwd=root,
-        KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT="9",
+        ["upgrade"],
+        f"sqlite:///{root / 'app.db'}",
+        cwd=root,
+        KUBERNETES_SERVICE_HOST="127.0.0.1",
+        KUBERNETES_SERVICE_PORT="9",
         MIGRATION_TERMINATION_MESSAGE_PATH=str(termination_log),
-        MIGRATION_POD_NAME=POD, MIGRATION_POD_NAMESPACE=NS, MIGRATION_JOB_NAME=JOB,
+        MIGRATION_POD_NAME=POD,
+        MIGRATION_POD_NAMESPACE=NS,
+        MIGRATION_JOB_NAME=JOB,
     )
     assert result.returncode == 0, result.stderr
     assert result.named("kube_events_unavailable")

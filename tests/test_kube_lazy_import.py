@@ -28,8 +28,9 @@ def _imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
             found += [(alias.name, node) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
-            found += [(f"{module}.{alias.name}" if module else alias.name, node)
-                      for alias in node.names]
+            found += [
+                (f"{module}.{alias.name}" if module else alias.name, node) for alias in node.names
+            ]
     return found
 
 
@@ -46,9 +47,12 @@ def _module_level(tree: ast.Module) -> set[ast.AST]:
 
 def test_only_runner_kube_imports_kubernetes() -> None:
     importers = sorted(
-        path.name for path in RUNNER.glob("*.py")
-        if any(name == "kubernetes" or name.startswith("kubernetes.")
-               for name, _ in _imports(ast.parse(path.read_text())))
+        path.name
+        for path in RUNNER.glob("*.py")
+        if any(
+            name == "kubernetes" or name.startswith("kubernetes.")
+            for name, _ in _imports(ast.parse(path.read_text()))
+        )
     )
     assert importers == ["kube.py"]
 
@@ -72,8 +76,14 @@ def test_importing_the_cli_and_the_kube_entry_points_does_not_import_kubernetes(
         "import runner.kube\n"
         "assert 'kubernetes' in sys.modules  # the check above can see the import\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -83,7 +93,12 @@ def test_an_upgrade_outside_a_cluster_never_imports_kubernetes(tmp_path: Path) -
     env = cli_env(f"sqlite:///{tmp_path / 'app.db'}")  # no KUBERNETES_* variables
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "runner", "upgrade"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90, check=False,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = re.findall(r"^import time:.*\|\s*(\S+)\s*$", proc.stderr, flags=re.MULTILINE)

@@ -28,9 +28,17 @@ pytestmark = pytest.mark.timeout(60)
 
 NS = "ci"
 FAST = ["--poll-interval", "0.05"]
-SUMMARY = {"command": "upgrade", "exit_code": 70, "outcome": "migration_failed", "applied": 0,
-           "from_revision": "a1", "to_revision": None, "duration_ms": 812,
-           "reason": 'relation "users" already exists', "revision": "b2"}
+SUMMARY = {
+    "command": "upgrade",
+    "exit_code": 70,
+    "outcome": "migration_failed",
+    "applied": 0,
+    "from_revision": "a1",
+    "to_revision": None,
+    "duration_ms": 812,
+    "reason": 'relation "users" already exists',
+    "revision": "b2",
+}
 
 MANIFEST = """\
 # Source: migration-runner/templates/serviceaccount.yaml
@@ -108,12 +116,25 @@ def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 def test_job_from_flags_has_the_image_secret_config_and_command(
     fake_api: FakeKubeApi, kubeconfig: str
 ) -> None:
-    code, _, logs = kube_run([
-        "--kubeconfig", kubeconfig, "--image", "registry.example/app-migrations:2.1.0",
-        "--secret", "app-db:database-url", "--config", "/app/alembic.ini",
-        "--command", "upgrade head", "--env", "MIGRATION_LOCK_TIMEOUT=60",
-        "--service-account", "migrator", *FAST,
-    ])
+    code, _, logs = kube_run(
+        [
+            "--kubeconfig",
+            kubeconfig,
+            "--image",
+            "registry.example/app-migrations:2.1.0",
+            "--secret",
+            "app-db:database-url",
+            "--config",
+            "/app/alembic.ini",
+            "--command",
+            "upgrade head",
+            "--env",
+            "MIGRATION_LOCK_TIMEOUT=60",
+            "--service-account",
+            "migrator",
+            *FAST,
+        ]
+    )
     assert code == 0
 
     [request] = fake_api.requests_for("POST", "/jobs$")
@@ -133,15 +154,17 @@ def test_job_from_flags_has_the_image_secret_config_and_command(
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e for e in container["env"]}
     assert env["MIGRATION_DATABASE_URL"]["valueFrom"] == {
-        "secretKeyRef": {"name": "app-db", "key": "database-url"}}
+        "secretKeyRef": {"name": "app-db", "key": "database-url"}
+    }
     assert env["MIGRATION_CONFIG"]["value"] == "/app/alembic.ini"
     assert env["MIGRATION_LOCK_TIMEOUT"]["value"] == "60"
-    assert env["MIGRATION_POD_NAME"]["valueFrom"] == {
-        "fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["MIGRATION_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["MIGRATION_JOB_NAME"]["valueFrom"] == {
-        "fieldRef": {"fieldPath": "metadata.labels['job-name']"}}
+        "fieldRef": {"fieldPath": "metadata.labels['job-name']"}
+    }
     assert _events(logs, "job_created") == [
-        {"event": "job_created", "log_level": "info", "job": name, "namespace": NS}]
+        {"event": "job_created", "log_level": "info", "job": name, "namespace": NS}
+    ]
 
 
 def test_manifest_job_is_created_under_a_unique_name_in_the_chosen_namespace(
@@ -149,8 +172,19 @@ def test_manifest_job_is_created_under_a_unique_name_in_the_chosen_namespace(
 ) -> None:
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(MANIFEST)
-    code, _, _ = kube_run(["--kubeconfig", kubeconfig, "-f", str(manifest), "-n", "prod",
-                           "--image", "registry.example/app-migrations:1.2.3", *FAST])
+    code, _, _ = kube_run(
+        [
+            "--kubeconfig",
+            kubeconfig,
+            "-f",
+            str(manifest),
+            "-n",
+            "prod",
+            "--image",
+            "registry.example/app-migrations:1.2.3",
+            *FAST,
+        ]
+    )
     assert code == 0
     assert fake_api.objects == {}  # no --create-dependencies: only the Job
     [request] = fake_api.requests_for("POST", "/jobs$")
@@ -167,9 +201,7 @@ def test_manifest_job_is_created_under_a_unique_name_in_the_chosen_namespace(
     assert env["MIGRATION_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "app-db"
 
 
-def test_two_runs_create_two_differently_named_jobs(
-    fake_api: FakeKubeApi, kubeconfig: str
-) -> None:
+def test_two_runs_create_two_differently_named_jobs(fake_api: FakeKubeApi, kubeconfig: str) -> None:
     for _ in range(2):
         assert kube_run(["--kubeconfig", kubeconfig, "--image", "img", *FAST])[0] == 0
     names = [job["metadata"]["name"] for job in fake_api.created_jobs()]
@@ -182,8 +214,9 @@ def test_create_dependencies_creates_supported_objects_first_and_skips_the_rest(
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(MANIFEST)
     fake_api.objects[(NS, "serviceaccounts", "app-migrate")] = {}  # exists already
-    code, _, logs = kube_run(["--kubeconfig", kubeconfig, "-f", str(manifest),
-                              "--create-dependencies", *FAST])
+    code, _, logs = kube_run(
+        ["--kubeconfig", kubeconfig, "-f", str(manifest), "--create-dependencies", *FAST]
+    )
     assert code == 0
     posts = [r.path for r in fake_api.requests if r.method == "POST"]
     assert posts == [
@@ -192,10 +225,15 @@ def test_create_dependencies_creates_supported_objects_first_and_skips_the_rest(
         f"/apis/batch/v1/namespaces/{NS}/jobs",
     ]
     assert fake_api.objects[(NS, "secrets", "app-db")]["stringData"] == {
-        "url": "postgresql://app:pw@db/app"}
-    assert [(e["event"], e["kind"]) for e in logs if e["event"].startswith(("object_", "manif"))] \
-        == [("object_exists", "ServiceAccount"), ("object_created", "Secret"),
-            ("manifest_object_skipped", "Service")]
+        "url": "postgresql://app:pw@db/app"
+    }
+    assert [
+        (e["event"], e["kind"]) for e in logs if e["event"].startswith(("object_", "manif"))
+    ] == [
+        ("object_exists", "ServiceAccount"),
+        ("object_created", "Secret"),
+        ("manifest_object_skipped", "Service"),
+    ]
 
 
 @pytest.mark.timeout(30)
@@ -226,8 +264,9 @@ def test_pod_log_lines_reach_stdout_in_order_as_they_come(
 def test_exit_code_70_comes_from_the_pods_terminated_state(
     fake_api: FakeKubeApi, kubeconfig: str
 ) -> None:
-    fake_api.next_pod = FakePodScript(log_lines=_lines(2), exit_code=70,
-                                      termination_message=json.dumps(SUMMARY))
+    fake_api.next_pod = FakePodScript(
+        log_lines=_lines(2), exit_code=70, termination_message=json.dumps(SUMMARY)
+    )
     code, _, logs = kube_run(["--kubeconfig", kubeconfig, "--image", "img", *FAST])
     assert code == 70
     [finished] = _events(logs, "kube_run_finished")
@@ -247,20 +286,28 @@ def test_exit_code_0_deletes_the_job_with_background_propagation(
     [created] = fake_api.created_jobs()
     [delete] = fake_api.requests_for("DELETE", "/jobs/")
     assert delete.path == f"/apis/batch/v1/namespaces/{NS}/jobs/{created['metadata']['name']}"
-    assert delete.query.get("propagationPolicy") == ["Background"] or \
-        (delete.body or {}).get("propagationPolicy") == "Background"
+    assert (
+        delete.query.get("propagationPolicy") == ["Background"]
+        or (delete.body or {}).get("propagationPolicy") == "Background"
+    )
     assert _events(logs, "job_deleted")
 
 
-@pytest.mark.parametrize(("cleanup", "exit_code", "deleted"), [
-    ("always", 70, True), ("never", 0, False), ("on-success", 2, False),
-])
+@pytest.mark.parametrize(
+    ("cleanup", "exit_code", "deleted"),
+    [
+        ("always", 70, True),
+        ("never", 0, False),
+        ("on-success", 2, False),
+    ],
+)
 def test_cleanup_flag_decides_whether_the_job_is_deleted(
     fake_api: FakeKubeApi, kubeconfig: str, cleanup: str, exit_code: int, deleted: bool
 ) -> None:
     fake_api.next_pod = FakePodScript(exit_code=exit_code)
-    code, _, _ = kube_run(["--kubeconfig", kubeconfig, "--image", "img",
-                           "--cleanup", cleanup, *FAST])
+    code, _, _ = kube_run(
+        ["--kubeconfig", kubeconfig, "--image", "img", "--cleanup", cleanup, *FAST]
+    )
     assert code == exit_code
     assert bool(fake_api.requests_for("DELETE", "/jobs/")) is deleted
 
@@ -271,8 +318,9 @@ def test_a_pod_that_never_starts_exits_75_naming_the_waiting_reason(
 ) -> None:
     fake_api.next_pod = FakePodScript(never_starts="ImagePullBackOff")
     began = time.monotonic()
-    code, written, logs = kube_run(["--kubeconfig", kubeconfig, "--image", "img",
-                                    "--start-timeout", "0.5", *FAST])
+    code, written, logs = kube_run(
+        ["--kubeconfig", kubeconfig, "--image", "img", "--start-timeout", "0.5", *FAST]
+    )
     assert code == 75
     assert time.monotonic() - began < 5
     assert written == b""
@@ -287,8 +335,9 @@ def test_a_job_still_running_at_the_timeout_exits_75(
 ) -> None:
     fake_api.next_pod = FakePodScript(log_lines=_lines(40), line_interval=0.25)
     began = time.monotonic()
-    code, written, logs = kube_run(["--kubeconfig", kubeconfig, "--image", "img",
-                                    "--timeout", "1", *FAST])
+    code, written, logs = kube_run(
+        ["--kubeconfig", kubeconfig, "--image", "img", "--timeout", "1", *FAST]
+    )
     assert code == 75
     assert time.monotonic() - began < 4
     assert b"line_0" in written and b"line_39" not in written
@@ -338,16 +387,22 @@ def test_read_manifest_picks_the_one_job_of_a_multi_document_file() -> None:
 
 
 def test_read_manifest_accepts_a_kind_list() -> None:
-    listed = {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "m"}}]}
+    listed = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "m"}}],
+    }
     assert kube_cli.read_manifest(json.dumps(listed)).job["metadata"]["name"] == "m"
 
 
-@pytest.mark.parametrize("text", [
-    "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n",
-    "kind: Job\nmetadata: {name: a}\n---\nkind: Job\nmetadata: {name: b}\n",
-    "kind: [unclosed\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n",
+        "kind: Job\nmetadata: {name: a}\n---\nkind: Job\nmetadata: {name: b}\n",
+        "kind: [unclosed\n",
+    ],
+)
 def test_read_manifest_without_exactly_one_job_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError):
         kube_cli.read_manifest(text)
@@ -360,10 +415,13 @@ def test_unique_name_keeps_within_the_63_character_label_limit() -> None:
 
 
 def test_prepare_job_drops_server_fields_and_keeps_the_rest() -> None:
-    job: dict[str, Any] = {"apiVersion": "batch/v1", "kind": "Job",
-           "metadata": {"name": "m", "uid": "u", "resourceVersion": "9", "labels": {"a": "b"}},
-           "spec": {"template": {"spec": {"containers": [{"name": "migrate", "image": "i"}]}}},
-           "status": {"active": 1}}
+    job: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "m", "uid": "u", "resourceVersion": "9", "labels": {"a": "b"}},
+        "spec": {"template": {"spec": {"containers": [{"name": "migrate", "image": "i"}]}}},
+        "status": {"active": 1},
+    }
     ready = kube_cli.prepare_job(job, name="m-abcde", namespace="ns")
     assert ready["metadata"] == {"name": "m-abcde", "namespace": "ns", "labels": {"a": "b"}}
     assert "status" not in ready
@@ -396,8 +454,16 @@ class _ScriptedJobs:
 def test_a_retried_pod_is_streamed_too_and_the_last_pods_exit_code_wins() -> None:
     jobs = _ScriptedJobs()
     out = io.BytesIO()
-    outcome = kube_cli.follow_job(jobs, "m", container=None, out=out, start_timeout=5,
-                                  timeout=5, poll_interval=0, sleep=lambda s: None)
+    outcome = kube_cli.follow_job(
+        jobs,
+        "m",
+        container=None,
+        out=out,
+        start_timeout=5,
+        timeout=5,
+        poll_interval=0,
+        sleep=lambda s: None,
+    )
     assert jobs.streamed == ["p1", "p2"]
     assert out.getvalue() == b"p1\np2\n"
     assert (outcome.exit_code, outcome.pod) == (0, "p2")
@@ -412,12 +478,26 @@ def test_cli_kube_run_writes_only_pod_log_lines_to_stdout_and_events_to_stderr(
     fake_api: FakeKubeApi, kubeconfig: str
 ) -> None:
     lines = _lines(3)
-    fake_api.next_pod = FakePodScript(log_lines=lines, exit_code=70,
-                                      termination_message=json.dumps(SUMMARY))
+    fake_api.next_pod = FakePodScript(
+        log_lines=lines, exit_code=70, termination_message=json.dumps(SUMMARY)
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "runner", "kube-run", "--kubeconfig", kubeconfig,
-         "--image", "img", *FAST],
-        env=cli_env(None), capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "kube-run",
+            "--kubeconfig",
+            kubeconfig,
+            "--image",
+            "img",
+            *FAST,
+        ],
+        env=cli_env(None),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 70, proc.stderr
     assert proc.stdout.splitlines() == lines
@@ -433,14 +513,19 @@ def test_the_plain_manifests_in_deploy_k8s_run_as_they_are(
     if not (k8s / "job.yaml").exists():
         pytest.fail("deploy/k8s/job.yaml is missing")
     rendered = "\n---\n".join(
-        (k8s / name).read_text() for name in ("serviceaccount.yaml", "rbac.yaml", "job.yaml"))
+        (k8s / name).read_text() for name in ("serviceaccount.yaml", "rbac.yaml", "job.yaml")
+    )
     manifest = Path(kubeconfig).with_name("rendered.yaml")
     manifest.write_text(rendered)
-    code, _, _ = kube_run(["--kubeconfig", kubeconfig, "-f", str(manifest),
-                           "--create-dependencies", *FAST])
+    code, _, _ = kube_run(
+        ["--kubeconfig", kubeconfig, "-f", str(manifest), "--create-dependencies", *FAST]
+    )
     assert code == 0
     assert sorted(kind for _, kind, _ in fake_api.objects) == [
-        "rolebindings", "roles", "serviceaccounts"]
+        "rolebindings",
+        "roles",
+        "serviceaccounts",
+    ]
     [job] = fake_api.created_jobs()
     assert job["metadata"]["name"].startswith("migration-runner-")
     assert job["spec"]["template"]["spec"]["containers"][0]["name"] == "migrate"
@@ -455,8 +540,13 @@ def test_the_charts_rendered_job_runs_from_stdin(
     from tests.support_tools import helm
 
     chart = Path(__file__).resolve().parent.parent / "helm" / "migration-runner"
-    rendered = subprocess.run([helm(), "template", "app", str(chart)], capture_output=True,
-                              text=True, timeout=60, check=True).stdout
+    rendered = subprocess.run(
+        [helm(), "template", "app", str(chart)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     monkeypatch.setattr(sys, "stdin", io.StringIO(rendered))
     code, _, _ = kube_run(["--kubeconfig", kubeconfig, "-f", "-", *FAST])
     assert code == 0
@@ -466,4 +556,5 @@ def test_the_charts_rendered_job_runs_from_stdin(
     created = job["spec"]["template"]["spec"]["containers"]
     rendered_containers = chart_job["spec"]["template"]["spec"]["containers"]
     assert [(c["name"], c["image"], c.get("args")) for c in created] == [
-        (c["name"], c["image"], c.get("args")) for c in rendered_containers]
+        (c["name"], c["image"], c.get("args")) for c in rendered_containers
+    ]

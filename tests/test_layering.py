@@ -38,17 +38,34 @@ def test_only_settings_reads_the_environment() -> None:
 
 
 def test_revision_graph_and_lower_layers_never_import_the_cli() -> None:
-    for name in ("revisions", "db", "lock", "settings", "errors", "logs", "urls", "cache",
-                 "cancel", "fastpath", "migrate"):
+    for name in (
+        "revisions",
+        "db",
+        "lock",
+        "settings",
+        "errors",
+        "logs",
+        "urls",
+        "cache",
+        "cancel",
+        "fastpath",
+        "migrate",
+    ):
         assert "runner.cli" not in imports_of(RUNNER / f"{name}.py"), name
-    assert not {m for m in imports_of(RUNNER / "revisions.py")
-                if m.startswith(("runner.db", "runner.lock", "sqlalchemy.engine"))}
+    assert not {
+        m
+        for m in imports_of(RUNNER / "revisions.py")
+        if m.startswith(("runner.db", "runner.lock", "sqlalchemy.engine"))
+    }
 
 
 def test_fast_path_imports_neither_alembic_nor_sqlalchemy_nor_structlog() -> None:
-    code = ("import sys, runner.cli, runner.fastpath, runner.settings; "
-            "print(sorted(m for m in ('alembic', 'sqlalchemy', 'kubernetes', 'structlog') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    code = (
+        "import sys, runner.cli, runner.fastpath, runner.settings; "
+        "print(sorted(m for m in ('alembic', 'sqlalchemy', 'kubernetes', 'structlog') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
     assert out.stdout.strip() == "[]"

@@ -22,9 +22,17 @@ def test_key_is_deterministic_and_depends_on_database_schema_and_table() -> None
     key = derive_key("app", None, "alembic_version")
     assert key == derive_key("app", None, "alembic_version")
     assert -(2**63) <= key < 2**63
-    assert len({key, derive_key("app2", None, "alembic_version"),
+    assert (
+        len(
+            {
+                key,
+                derive_key("app2", None, "alembic_version"),
                 derive_key("app", "meta", "alembic_version"),
-                derive_key("app", None, "versions")}) == 4
+                derive_key("app", None, "versions"),
+            }
+        )
+        == 4
+    )
 
 
 def _locks(url: str):  # type: ignore[no-untyped-def]
@@ -74,12 +82,18 @@ def test_terminated_backend_loses_the_lock_and_is_held_says_so(pg_url: str) -> N
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_ten_runners_at_once_apply_exactly_once_and_all_exit_0(tmp_path: Path,
-                                                                any_db_url: str) -> None:
-    counter = Rev("count", "r0004", message="counts its own executions", upgrade='''
+def test_ten_runners_at_once_apply_exactly_once_and_all_exit_0(
+    tmp_path: Path, any_db_url: str
+) -> None:
+    counter = Rev(
+        "count",
+        "r0004",
+        message="counts its own executions",
+        upgrade="""
 op.create_table("applied_count", sa.Column("n", sa.Integer))
 op.execute("INSERT INTO applied_count VALUES (1)")
-''')
+""",
+    )
     ini = write_project(tmp_path, [*chain(5), counter])
     procs = [start_cli(["upgrade", "--config", str(ini)], any_db_url) for _ in range(10)]
     results = [finish(p, timeout=150) for p in procs]
@@ -94,8 +108,10 @@ def test_lock_held_elsewhere_past_the_timeout_exits_75(tmp_path: Path, pg_url: s
     db = parse_database_url(pg_url, source="test")
     engine = create_engine(db.url, poolclass=NullPool)
     with engine.connect() as holder:
-        holder.execute(text("SELECT pg_advisory_lock(:k)"),
-                       {"k": derive_key(db.database, None, "alembic_version")})
+        holder.execute(
+            text("SELECT pg_advisory_lock(:k)"),
+            {"k": derive_key(db.database, None, "alembic_version")},
+        )
         holder.commit()
         result = run_cli(["upgrade", "--config", str(ini)], pg_url, MIGRATION_LOCK_TIMEOUT="1")
     engine.dispose()

@@ -26,7 +26,8 @@ from tests.support import chain, run_cli, write_project
 PASSWORDS = st.text(
     alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x2FF, blacklist_categories=("Cs",))
     | st.sampled_from(list("@:/%#?&=+ ;'\"\\")),
-    min_size=6, max_size=30,
+    min_size=6,
+    max_size=30,
 ).filter(lambda p: p.strip() == p)
 
 
@@ -66,8 +67,9 @@ def test_driver_error_text_with_the_url_is_scrubbed_by_one_line(password: str) -
             assert form not in classified.reason
 
 
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(password=PASSWORDS)
 def test_log_pipeline_never_renders_a_registered_password(password: str) -> None:
     redact.forget_all()
@@ -79,8 +81,9 @@ def test_log_pipeline_never_renders_a_registered_password(password: str) -> None
 
     import structlog
 
-    structlog.get_logger("runner").error("connect_failed", url=url, detail=[password],
-                                         nested={"pw": quote_plus(password)})
+    structlog.get_logger("runner").error(
+        "connect_failed", url=url, detail=[password], nested={"pw": quote_plus(password)}
+    )
     logging.getLogger("sqlalchemy.engine").warning("raw %s at %s", password, url)
     out = stream.getvalue()
     for line in out.splitlines():
@@ -90,16 +93,21 @@ def test_log_pipeline_never_renders_a_registered_password(password: str) -> None
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@settings(max_examples=6, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(password=PASSWORDS)
 def test_cli_with_a_failing_connection_never_prints_the_password(
-        tmp_path: Path, password: str) -> None:
+    tmp_path: Path, password: str
+) -> None:
     ini = tmp_path / "alembic.ini"
     if not ini.exists():
         write_project(tmp_path, chain(1))
     url = f"postgresql://user:{quote(password, safe='')}@127.0.0.1:{free_port()}/app"
-    result = run_cli(["upgrade", "--config", str(ini), "--log-level", "debug"], url,
-                     MIGRATION_CONNECT_TIMEOUT="0.5")
+    result = run_cli(
+        ["upgrade", "--config", str(ini), "--log-level", "debug"],
+        url,
+        MIGRATION_CONNECT_TIMEOUT="0.5",
+    )
     assert result.returncode == 69, result.stderr
     assert not leaked(password, result.output), leaked(password, result.output)

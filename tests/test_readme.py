@@ -18,8 +18,14 @@ def test_exit_code_table_matches_the_code() -> None:
 
 
 def test_every_user_setting_is_documented_with_its_variable() -> None:
-    internal = {"database_url", "database_url_source", "environment_digest", "in_kubernetes",
-                "github_actions", "github_step_summary"}
+    internal = {
+        "database_url",
+        "database_url_source",
+        "environment_digest",
+        "in_kubernetes",
+        "github_actions",
+        "github_step_summary",
+    }
     for name in Settings.model_fields:
         if name not in internal:
             assert f"`MIGRATION_{name.upper()}`" in README, name

@@ -56,7 +56,7 @@ def test_empty_script_directory_is_a_configuration_error(tmp_path: Path) -> None
 
 
 def test_missing_ini_is_a_configuration_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="alembic.ini not found"):
+    with pytest.raises(ConfigError, match=r"alembic\.ini not found"):
         load_config(tmp_path / "alembic.ini", None)
 
 

@@ -17,8 +17,12 @@ from sqlalchemy.pool import NullPool
 from tests.support import Rev, chain, finish, run_cli, start_cli, with_credentials, write_project
 from tests.test_upgrade import ADVISORY_LOCKS_HERE, execute, scalar
 
-ALTER = Rev("alter", "r0000", message="add a column to a busy table",
-            upgrade='op.add_column("t_r0000", sa.Column("note", sa.Text))')
+ALTER = Rev(
+    "alter",
+    "r0000",
+    message="add a column to a busy table",
+    upgrade='op.add_column("t_r0000", sa.Column("note", sa.Text))',
+)
 
 
 def _hold_share_lock(url: str, seconds: float) -> threading.Thread:
@@ -42,12 +46,17 @@ def _hold_share_lock(url: str, seconds: float) -> threading.Thread:
 
 @pytest.mark.slow
 def test_ddl_behind_a_long_transaction_retries_and_succeeds_when_it_ends(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     ini = write_project(tmp_path, [*chain(1), ALTER])
     assert run_cli(["upgrade", "r0000", "--config", str(ini)], pg_url).returncode == 0
     blocker = _hold_share_lock(pg_url, 4)
-    result = run_cli(["upgrade", "--config", str(ini)], pg_url, MIGRATION_DDL_LOCK_TIMEOUT="0.5",
-                     MIGRATION_DDL_RETRY_BUDGET="30")
+    result = run_cli(
+        ["upgrade", "--config", str(ini)],
+        pg_url,
+        MIGRATION_DDL_LOCK_TIMEOUT="0.5",
+        MIGRATION_DDL_RETRY_BUDGET="30",
+    )
     blocker.join()
     assert result.returncode == 0, result.stderr
     retries = result.named("ddl_lock_timeout")
@@ -57,12 +66,17 @@ def test_ddl_behind_a_long_transaction_retries_and_succeeds_when_it_ends(
 
 @pytest.mark.slow
 def test_app_queries_wait_at_most_about_one_lock_timeout_while_ddl_is_queued(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     ini = write_project(tmp_path, [*chain(1), ALTER])
     run_cli(["upgrade", "r0000", "--config", str(ini)], pg_url)
     blocker = _hold_share_lock(pg_url, 6)
-    runner = start_cli(["upgrade", "--config", str(ini)], pg_url,
-                       MIGRATION_DDL_LOCK_TIMEOUT="1", MIGRATION_DDL_RETRY_BUDGET="3")
+    runner = start_cli(
+        ["upgrade", "--config", str(ini)],
+        pg_url,
+        MIGRATION_DDL_LOCK_TIMEOUT="1",
+        MIGRATION_DDL_RETRY_BUDGET="3",
+    )
     time.sleep(0.5)
     worst = 0.0
     engine = create_engine(pg_url, poolclass=NullPool)
@@ -85,17 +99,26 @@ def test_app_queries_wait_at_most_about_one_lock_timeout_while_ddl_is_queued(
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_revision_rolls_back_releases_lock_and_exits_fast(
-        tmp_path: Path, pg_url: str, sig: signal.Signals, code: int) -> None:
-    sleepy = Rev("sleepy", "r0000", message="long statement", upgrade='''
+    tmp_path: Path, pg_url: str, sig: signal.Signals, code: int
+) -> None:
+    sleepy = Rev(
+        "sleepy",
+        "r0000",
+        message="long statement",
+        upgrade="""
 op.create_table("partial", sa.Column("id", sa.Integer))
 op.execute("SELECT pg_sleep(60)")
-''')
+""",
+    )
     ini = write_project(tmp_path, [*chain(1), sleepy])
     proc = start_cli(["upgrade", "--config", str(ini)], pg_url)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if scalar(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
-                          "'SELECT pg_sleep(60)%' AND datname = current_database()"):
+        if scalar(
+            pg_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+            "'SELECT pg_sleep(60)%' AND datname = current_database()",
+        ):
             break
         time.sleep(0.1)
     sent = time.monotonic()
@@ -108,8 +131,7 @@ op.execute("SELECT pg_sleep(60)")
     assert scalar(pg_url, "SELECT version_num FROM alembic_version") == "r0000"
     assert scalar(pg_url, "SELECT to_regclass('partial') IS NULL") is True
     assert scalar(pg_url, ADVISORY_LOCKS_HERE) == 0
-    rerun = run_cli(["upgrade", "--config", str(ini)], pg_url,
-                    MIGRATION_STATEMENT_TIMEOUT="1")
+    rerun = run_cli(["upgrade", "--config", str(ini)], pg_url, MIGRATION_STATEMENT_TIMEOUT="1")
     assert rerun.returncode == 70 and "statement timeout" in rerun.finished["reason"]
 
 
@@ -122,9 +144,11 @@ def _free_port() -> int:
 def test_refused_port_exits_69_after_the_connect_timeout(tmp_path: Path) -> None:
     ini = write_project(tmp_path, chain(1))
     started = time.monotonic()
-    result = run_cli(["upgrade", "--config", str(ini)],
-                     f"postgresql://u:pw@127.0.0.1:{_free_port()}/db",
-                     MIGRATION_CONNECT_TIMEOUT="2")
+    result = run_cli(
+        ["upgrade", "--config", str(ini)],
+        f"postgresql://u:pw@127.0.0.1:{_free_port()}/db",
+        MIGRATION_CONNECT_TIMEOUT="2",
+    )
     assert result.returncode == 69 and result.finished["outcome"] == "database_unavailable"
     assert 1.5 < time.monotonic() - started < 15
     assert result.named("database_waiting")
@@ -137,8 +161,11 @@ def test_never_answering_port_is_bounded(tmp_path: Path) -> None:
         silent.listen(16)
         port = silent.getsockname()[1]
         started = time.monotonic()
-        result = run_cli(["upgrade", "--config", str(ini)],
-                         f"postgresql://u:pw@127.0.0.1:{port}/db", MIGRATION_CONNECT_TIMEOUT="3")
+        result = run_cli(
+            ["upgrade", "--config", str(ini)],
+            f"postgresql://u:pw@127.0.0.1:{port}/db",
+            MIGRATION_CONNECT_TIMEOUT="3",
+        )
     assert result.returncode == 69
     assert time.monotonic() - started < 20
 
@@ -171,15 +198,17 @@ def test_missing_database_is_a_configuration_error(tmp_path: Path, pg_url: str) 
 
 
 def test_password_with_every_url_special_character_works_end_to_end(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     role = f"sp_{uuid.uuid4().hex[:8]}"
     password = "p@ss:w/o%rd#?& x=1"
     execute(pg_url, f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
     try:
         execute(pg_url, f"GRANT ALL ON SCHEMA public TO {role}")
         ini = write_project(tmp_path, chain(2))
-        result = run_cli(["upgrade", "--config", str(ini)],
-                         with_credentials(pg_url, role, password))
+        result = run_cli(
+            ["upgrade", "--config", str(ini)], with_credentials(pg_url, role, password)
+        )
         assert result.returncode == 0, result.stderr
         assert password not in result.output and "p%40ss" not in result.output
     finally:

@@ -13,9 +13,15 @@ from runner.settings import Settings, load_settings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("MIGRATION_DATABASE_URL", "MIGRATION_DATABASE_URL_FILE", "DATABASE_URL",
-                "DATABASE_URL_FILE", "KUBERNETES_SERVICE_HOST", "GITHUB_ACTIONS",
-                "GITHUB_STEP_SUMMARY"):
+    for var in (
+        "MIGRATION_DATABASE_URL",
+        "MIGRATION_DATABASE_URL_FILE",
+        "DATABASE_URL",
+        "DATABASE_URL_FILE",
+        "KUBERNETES_SERVICE_HOST",
+        "GITHUB_ACTIONS",
+        "GITHUB_STEP_SUMMARY",
+    ):
         monkeypatch.delenv(var, raising=False)
     for var in list(__import__("os").environ):
         if var.startswith("MIGRATION_"):
@@ -59,8 +65,9 @@ def test_database_url_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().database().url.username == "app"
 
 
-def test_file_variant_strips_trailing_newlines_only(monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path) -> None:
+def test_file_variant_strips_trailing_newlines_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     secret = tmp_path / "url"
     secret.write_text("postgresql://u:pass word @db/app\r\n\n")
     monkeypatch.setenv("MIGRATION_DATABASE_URL_FILE", str(secret))
@@ -80,38 +87,47 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().lock_timeout == 5.0
 
 
-@pytest.mark.parametrize(("raw", "driver"), [
-    ("postgres://u@h/d", "postgresql+psycopg2"),
-    ("postgresql://u@h/d", "postgresql+psycopg2"),
-    ("postgresql+psycopg://u@h/d", "postgresql+psycopg"),
-    ("postgresql+asyncpg://u@h/d", "postgresql+psycopg2"),
-    ("mysql://u@h/d", "mysql+pymysql"),
-    ("mariadb://u@h/d", "mariadb+pymysql"),
-    ("sqlite:///tmp/x.db", "sqlite+pysqlite"),
-])
-def test_bare_schemes_get_an_installed_sync_driver(monkeypatch: pytest.MonkeyPatch, raw: str,
-                                                   driver: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "driver"),
+    [
+        ("postgres://u@h/d", "postgresql+psycopg2"),
+        ("postgresql://u@h/d", "postgresql+psycopg2"),
+        ("postgresql+psycopg://u@h/d", "postgresql+psycopg"),
+        ("postgresql+asyncpg://u@h/d", "postgresql+psycopg2"),
+        ("mysql://u@h/d", "mysql+pymysql"),
+        ("mariadb://u@h/d", "mariadb+pymysql"),
+        ("sqlite:///tmp/x.db", "sqlite+pysqlite"),
+    ],
+)
+def test_bare_schemes_get_an_installed_sync_driver(
+    monkeypatch: pytest.MonkeyPatch, raw: str, driver: str
+) -> None:
     monkeypatch.setenv("MIGRATION_DATABASE_URL", raw)
     assert load_settings().database().url.drivername == driver
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    ("oracle2://u@h/d", "unknown database scheme"),
-    ("postgresql+nosuch://u@h/d", "unknown driver"),
-    ("not a url", "not a valid database URL"),
-    ("postgresql://u:p@h:notaport/d", "not a valid database URL"),
-    ("postgresql://u@h", "names no database"),
-    ("sqlite://", "in-memory"),
-])
-def test_bad_urls_are_configuration_errors(monkeypatch: pytest.MonkeyPatch, raw: str,
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("oracle2://u@h/d", "unknown database scheme"),
+        ("postgresql+nosuch://u@h/d", "unknown driver"),
+        ("not a url", "not a valid database URL"),
+        ("postgresql://u:p@h:notaport/d", "not a valid database URL"),
+        ("postgresql://u@h", "names no database"),
+        ("sqlite://", "in-memory"),
+    ],
+)
+def test_bad_urls_are_configuration_errors(
+    monkeypatch: pytest.MonkeyPatch, raw: str, message: str
+) -> None:
     monkeypatch.setenv("MIGRATION_DATABASE_URL", raw)
     with pytest.raises(ConfigError, match=message):
         load_settings().database()
 
 
 def test_invalid_setting_names_variable_without_echoing_value(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("MIGRATION_LOCK_TIMEOUT", "soon-ish-secret")
     with pytest.raises(ConfigError) as info:
         load_settings()

@@ -26,16 +26,26 @@ def test_run_finished_writes_the_compact_summary_json(tmp_path: Path) -> None:
     text = path.read_text()
     assert json.loads(text) == report.summary()
     assert json.loads(text) == {
-        "command": "upgrade", "exit_code": 0, "outcome": "success", "applied": 1,
-        "from_revision": "a1", "to_revision": "b2", "duration_ms": 1234,
+        "command": "upgrade",
+        "exit_code": 0,
+        "outcome": "success",
+        "applied": 1,
+        "from_revision": "a1",
+        "to_revision": "b2",
+        "duration_ms": 1234,
     }
     assert " " not in text and "\n" not in text  # compact: separators without spaces
 
 
 def test_failed_run_summary_carries_exit_code_reason_and_revision(tmp_path: Path) -> None:
     path = tmp_path / "termination-log"
-    report = _report(exit_code=70, outcome="migration_failed", failed_revision="b2",
-                     reason='relation "users" already exists', sqlstate="42P07")
+    report = _report(
+        exit_code=70,
+        outcome="migration_failed",
+        failed_revision="b2",
+        reason='relation "users" already exists',
+        sqlstate="42P07",
+    )
     TerminationMessageObserver(path).run_finished(report)
     summary = json.loads(path.read_text())
     assert summary["exit_code"] == 70

@@ -12,15 +12,17 @@ from tests.support import EXAMPLES, Rev, chain, run_cli, table_rev, write_projec
 
 LOCK_CHECK = {
     "postgresql": "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                  "AND pid = pg_backend_pid() AND granted",
+    "AND pid = pg_backend_pid() AND granted",
     "mysql": "SELECT count(*) FROM performance_schema.metadata_locks "
-             "WHERE OBJECT_TYPE = 'USER LEVEL LOCK' AND OWNER_THREAD_ID = PS_CURRENT_THREAD_ID()",
+    "WHERE OBJECT_TYPE = 'USER LEVEL LOCK' AND OWNER_THREAD_ID = PS_CURRENT_THREAD_ID()",
 }
 
 
 #: Advisory locks held in the test's own database (pg_locks is cluster-wide).
-ADVISORY_LOCKS_HERE = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
-                       "(SELECT oid FROM pg_database WHERE datname = current_database())")
+ADVISORY_LOCKS_HERE = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 def scalar(url: str, sql: str) -> object:
@@ -50,12 +52,17 @@ def tables(url: str) -> set[str]:
 
 
 def test_example_project_applies_on_each_backend_and_reports_every_revision(
-        any_db_url: str) -> None:
+    any_db_url: str,
+) -> None:
     result = run_cli(["upgrade", "--config", str(EXAMPLES / "alembic.ini")], any_db_url)
     assert result.returncode == 0, result.stderr
     applied = result.named("revision_applied")
     assert [e["revision"] for e in applied] == [
-        "0001_customers", "0002_orders", "0003_orders_idx", "0004_is_open"]
+        "0001_customers",
+        "0002_orders",
+        "0003_orders_idx",
+        "0004_is_open",
+    ]
     assert all(isinstance(e["duration_ms"], int) and e["message"] for e in applied)
     assert applied[1]["down_revision"] == "0001_customers"
     done = result.finished
@@ -80,44 +87,59 @@ def test_every_log_line_is_json_with_timestamp_level_and_event(pg_url: str) -> N
         assert event["timestamp"].endswith("Z") and "T" in event["timestamp"]
         assert event["level"] in ("debug", "info", "warning", "error")
         assert event["event"]
-    assert any(e.get("logger", "").startswith("alembic") for e in result.events), \
+    assert any(e.get("logger", "").startswith("alembic") for e in result.events), (
         "alembic's own records go through the same pipeline"
+    )
     assert result.stdout == ""
 
 
 @pytest.mark.parametrize("style", ["generic", "cookbook", "async"])
 def test_revisions_run_on_the_locked_connection_for_each_env_style(
-        tmp_path: Path, pg_url: str, style: str) -> None:
-    proof = Rev("proof", "r0001", message="assert my backend holds the migration lock",
-                upgrade=f'''
+    tmp_path: Path, pg_url: str, style: str
+) -> None:
+    proof = Rev(
+        "proof",
+        "r0001",
+        message="assert my backend holds the migration lock",
+        upgrade=f'''
 held = op.get_bind().exec_driver_sql("{LOCK_CHECK["postgresql"]}").scalar()
 assert held == 1, f"revision ran on a connection without the lock ({{held}})"
-''')
+''',
+    )
     ini = write_project(tmp_path, [*chain(2), proof], env_style=style)
     result = run_cli(["upgrade", "--config", str(ini)], pg_url)
     assert result.returncode == 0, result.stderr
     assert result.finished["applied"] == 3
 
 
-def test_revisions_run_on_the_locked_connection_on_mariadb(tmp_path: Path,
-                                                           mariadb_url: str) -> None:
-    proof = Rev("proof", "r0000", upgrade='''
+def test_revisions_run_on_the_locked_connection_on_mariadb(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    proof = Rev(
+        "proof",
+        "r0000",
+        upgrade="""
 from runner.lock import MySqlNamedLock, derive_key
 bind = op.get_bind()
 name = MySqlNamedLock(bind, derive_key(bind.engine.url.database, None, "alembic_version")).key
 held = bind.exec_driver_sql(f"SELECT IS_USED_LOCK('{name}') = CONNECTION_ID()").scalar()
 assert held == 1, "revision ran on a connection without the lock"
-''')
+""",
+    )
     ini = write_project(tmp_path, [*chain(1), proof])
     result = run_cli(["upgrade", "--config", str(ini)], mariadb_url)
     assert result.returncode == 0, result.stderr
 
 
 def test_custom_version_table_from_env_py_is_honoured_by_every_command(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     execute(pg_url, "CREATE SCHEMA meta")
-    ini = write_project(tmp_path, chain(2),
-                        configure_kw='version_table="schema_history", version_table_schema="meta"')
+    ini = write_project(
+        tmp_path,
+        chain(2),
+        configure_kw='version_table="schema_history", version_table_schema="meta"',
+    )
     assert run_cli(["check", "--config", str(ini)], pg_url).returncode == 3
     assert run_cli(["upgrade", "--config", str(ini)], pg_url).returncode == 0
     assert scalar(pg_url, "SELECT version_num FROM meta.schema_history") == "r0001"
@@ -129,11 +151,17 @@ def test_custom_version_table_from_env_py_is_honoured_by_every_command(
 
 
 def test_each_revision_commits_alone_so_a_failure_keeps_the_earlier_ones(
-        tmp_path: Path, pg_url: str) -> None:
-    bad = Rev("bad", "r0001", message="breaks halfway", upgrade='''
+    tmp_path: Path, pg_url: str
+) -> None:
+    bad = Rev(
+        "bad",
+        "r0001",
+        message="breaks halfway",
+        upgrade="""
 op.create_table("half", sa.Column("id", sa.Integer, primary_key=True))
 op.execute("SELECT * FROM no_such_table")
-''')
+""",
+    )
     ini = write_project(tmp_path, [*chain(2), bad])
     result = run_cli(["upgrade", "--config", str(ini)], pg_url)
     assert result.returncode == 70, result.stderr
@@ -147,7 +175,8 @@ op.execute("SELECT * FROM no_such_table")
 
 
 def test_python_exception_in_a_revision_exits_70_naming_the_revision(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     ini = write_project(tmp_path, [Rev("boom", None, upgrade='raise RuntimeError("no way")')])
     result = run_cli(["upgrade", "--config", str(ini)], pg_url)
     assert result.returncode == 70
@@ -155,17 +184,26 @@ def test_python_exception_in_a_revision_exits_70_naming_the_revision(
     assert "RuntimeError: no way" in result.finished["reason"]
 
 
-def test_autocommit_block_revision_creates_index_concurrently(tmp_path: Path,
-                                                               pg_url: str) -> None:
-    cic = Rev("cic", "r0000", upgrade='''
+def test_autocommit_block_revision_creates_index_concurrently(tmp_path: Path, pg_url: str) -> None:
+    cic = Rev(
+        "cic",
+        "r0000",
+        upgrade="""
 with op.get_context().autocommit_block():
     op.create_index("ix_cic", "t_r0000", ["id"], postgresql_concurrently=True)
-''')
+""",
+    )
     ini = write_project(tmp_path, [*chain(1), cic])
     result = run_cli(["upgrade", "--config", str(ini)], pg_url)
     assert result.returncode == 0, result.stderr
-    assert scalar(pg_url, "SELECT count(*) FROM pg_index i JOIN pg_class c ON "
-                          "c.oid = i.indexrelid WHERE c.relname = 'ix_cic' AND i.indisvalid") == 1
+    assert (
+        scalar(
+            pg_url,
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON "
+            "c.oid = i.indexrelid WHERE c.relname = 'ix_cic' AND i.indisvalid",
+        )
+        == 1
+    )
 
 
 def test_upgrade_to_a_named_revision_stops_there(tmp_path: Path, pg_url: str) -> None:
@@ -178,8 +216,12 @@ def test_upgrade_to_a_named_revision_stops_there(tmp_path: Path, pg_url: str) ->
 def test_script_location_works_without_an_ini(tmp_path: Path, sqlite_url: str) -> None:
     write_project(tmp_path, chain(2))
     (tmp_path / "alembic.ini").unlink()
-    result = run_cli(["upgrade"], sqlite_url, cwd=tmp_path,
-                     MIGRATION_SCRIPT_LOCATION=str(tmp_path / "migrations"))
+    result = run_cli(
+        ["upgrade"],
+        sqlite_url,
+        cwd=tmp_path,
+        MIGRATION_SCRIPT_LOCATION=str(tmp_path / "migrations"),
+    )
     assert result.returncode == 0, result.stderr
     assert result.finished["applied"] == 2
 

@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.support import CliResult, run_cli
 
-SENTINEL_PASSWORD = "S3ntinel p@ss:/%#?&=word"  # noqa: S105 - a test value, never a real one
+SENTINEL_PASSWORD = "S3ntinel p@ss:/%#?&=word"
 
 
 def query(url: str, sql: str, **params: object) -> list[tuple[object, ...]]:
@@ -44,10 +44,13 @@ def scalar(url: str, sql: str, **params: object) -> object:
 def runner_locks(url: str) -> list[tuple[object, ...]]:
     """Advisory locks held on this database by anyone (the runner's, or leftovers)."""
     database = make_url(url).database
-    return query(url, "SELECT l.pid, l.classid, l.objid FROM pg_locks l "
-                      "JOIN pg_database d ON d.oid = l.database "
-                      "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = :db",
-                 db=database)
+    return query(
+        url,
+        "SELECT l.pid, l.classid, l.objid FROM pg_locks l "
+        "JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = :db",
+        db=database,
+    )
 
 
 def wait_no_runner_lock(url: str, timeout: float = 10.0) -> float:
@@ -63,9 +66,14 @@ def wait_no_runner_lock(url: str, timeout: float = 10.0) -> float:
 
 
 def invalid_indexes(url: str) -> set[str]:
-    return {str(r[0]) for r in query(
-        url, "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-             "WHERE NOT i.indisvalid")}
+    return {
+        str(r[0])
+        for r in query(
+            url,
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE NOT i.indisvalid",
+        )
+    }
 
 
 def version_heads(url: str, table: str = "alembic_version") -> set[str]:
@@ -124,8 +132,11 @@ def assert_clean_outcome(
         remove_fault()
     if rerun is None and config is None:
         return None
-    again = rerun() if rerun is not None else run_cli(
-        ["upgrade", "--config", str(config)], rerun_url or url, **(rerun_env or {}))
+    again = (
+        rerun()
+        if rerun is not None
+        else run_cli(["upgrade", "--config", str(config)], rerun_url or url, **(rerun_env or {}))
+    )
     assert again.returncode == 0, f"rerun failed: {again.stderr[-3000:]}"
     assert len(again.named("run_finished")) == 1
     if password:
@@ -142,8 +153,10 @@ def _assert_schema_matches_version(url: str, heads: set[str], order: list[str]) 
     """Revisions up to the recorded head left their table; later ones left nothing."""
     assert len(heads) <= 1, heads
     upto = order.index(next(iter(heads))) + 1 if heads else 0
-    present = {str(r[0]) for r in query(
-        url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+    present = {
+        str(r[0])
+        for r in query(url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+    }
     for index, rev in enumerate(order):
         table = f"t_{rev}"
         if index < upto:
@@ -166,12 +179,14 @@ def with_sentinel(url: str) -> str:
     engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"),
-                                  {"r": role}).scalar()
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
+            ).scalar()
             verb = "ALTER" if exists else "CREATE"
             # The DBAPI cursor directly: no parameter substitution that would read the `%`.
             conn.connection.dbapi_connection.cursor().execute(  # type: ignore[union-attr]
-                f"{verb} ROLE {role} LOGIN PASSWORD '{pw}'")
+                f"{verb} ROLE {role} LOGIN PASSWORD '{pw}'"
+            )
             conn.exec_driver_sql(f'GRANT ALL ON DATABASE "{database}" TO {role}')
         with create_engine(url, poolclass=NullPool).begin() as conn:
             conn.exec_driver_sql(f"GRANT ALL ON SCHEMA public TO {role}")

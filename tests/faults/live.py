@@ -13,8 +13,9 @@ from tests.support import CliResult, parse_events, start_cli
 
 
 class LiveCli:
-    def __init__(self, args: list[str], url: str | None, cwd: Path | None = None,
-                 **env: str) -> None:
+    def __init__(
+        self, args: list[str], url: str | None, cwd: Path | None = None, **env: str
+    ) -> None:
         self.proc = start_cli(args, url, cwd=cwd, **env)
         self.lines: list[str] = []
         self._new = threading.Condition()
@@ -56,7 +57,8 @@ class LiveCli:
             self.proc.kill()
             self.proc.wait(10)
             raise AssertionError(
-                f"CLI still running after {timeout}s:\n{''.join(self.lines)}") from None
+                f"CLI still running after {timeout}s:\n{''.join(self.lines)}"
+            ) from None
         self._reader.join(10)
         assert self.proc.stdout is not None
         stdout = self.proc.stdout.read()

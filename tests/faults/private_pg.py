@@ -65,8 +65,18 @@ class PrivateServer:
         if self._as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
             self.root.chmod(0o700)
-        done = self._cmd(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
-                         "--auth=trust", "--no-sync", "-E", "UTF8", timeout=120)
+        done = self._cmd(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         with (self.datadir / "postgresql.conf").open("a") as conf:
             conf.write(
@@ -76,16 +86,25 @@ class PrivateServer:
             )
 
     def start(self, wait: bool = True) -> None:
-        args = [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-                "-o", "-c log_min_messages=warning", "start"]
+        args = [
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.logfile),
+            "-o",
+            "-c log_min_messages=warning",
+            "start",
+        ]
         if not wait:
             args.insert(-1, "--no-wait")
         done = self._cmd(*args)
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{self.log_tail()}"
 
     def stop(self, mode: str = "fast") -> None:
-        done = self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode,
-                         "-t", "30", "stop")
+        done = self._cmd(
+            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-t", "30", "stop"
+        )
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
 
     def is_running(self) -> bool:
@@ -108,8 +127,7 @@ class PrivateServer:
     def create_database(self) -> str:
         """A fresh database on this server; returns its URL."""
         name = f"mr_fault_{uuid.uuid4().hex[:10]}"
-        engine = create_engine(self.admin_url(), poolclass=NullPool,
-                               isolation_level="AUTOCOMMIT")
+        engine = create_engine(self.admin_url(), poolclass=NullPool, isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
                 conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -120,8 +138,9 @@ class PrivateServer:
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = self._cmd(str(self.bindir / "pg_isready"), "-h", "127.0.0.1",
-                             "-p", str(self.port), timeout=10)
+            done = self._cmd(
+                str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), timeout=10
+            )
             if done.returncode == 0:
                 return
             time.sleep(0.2)

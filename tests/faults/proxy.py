@@ -54,8 +54,9 @@ class FaultProxy:
     def url_for(self, url: str) -> str:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).set(host=self.host, port=self.port).render_as_string(
-            hide_password=False)
+        return (
+            make_url(url).set(host=self.host, port=self.port).render_as_string(hide_password=False)
+        )
 
     # -- faults --------------------------------------------------------------------------
 
@@ -168,8 +169,10 @@ def tcp_pg_url_fixture(pg_url: str) -> str:
     if not parsed.host or parsed.host.startswith("/") or "host" in parsed.query:
         if CI:
             pytest.fail("CI must run the proxy tests: MIGRATION_TEST_POSTGRES_URL must be TCP")
-        pytest.skip("the proxy tests need PostgreSQL over TCP; set MIGRATION_TEST_POSTGRES_URL "
-                    "(the throwaway pgserver listens on a unix socket only)")
+        pytest.skip(
+            "the proxy tests need PostgreSQL over TCP; set MIGRATION_TEST_POSTGRES_URL "
+            "(the throwaway pgserver listens on a unix socket only)"
+        )
     return pg_url
 
 

@@ -21,8 +21,9 @@ def upgrade() -> None:
     op.add_column("orders", sa.Column("is_open", sa.Boolean, nullable=True))
     op.execute(orders.update().values(is_open=orders.c.status.in_(["new", "paid"])))
     with op.batch_alter_table("orders") as batch:
-        batch.alter_column("is_open", existing_type=sa.Boolean, nullable=False,
-                           server_default=sa.true())
+        batch.alter_column(
+            "is_open", existing_type=sa.Boolean, nullable=False, server_default=sa.true()
+        )
 
 
 def downgrade() -> None:
