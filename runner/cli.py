@@ -276,7 +276,11 @@ def _dispatch(
 ) -> int:
     from runner import fastpath
 
-    code, handoff = fastpath.attempt(probe, settings, cancel, report, on_wait=_yield_cpu)
+    def waiting(key: str, waited_s: float) -> None:
+        _yield_cpu()
+        _notify(observers, lambda o: o.lock_waiting(key, waited_s))
+
+    code, handoff = fastpath.attempt(probe, settings, cancel, report, on_wait=waiting)
     if code is not None:
         return code
     logs.ensure_configured()  # the full path's modules log through structlog directly

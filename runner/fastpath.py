@@ -173,7 +173,7 @@ def attempt(
     settings: Settings,
     cancel: CancelToken,
     report: RunReport,
-    on_wait: Callable[[], None] = lambda: None,
+    on_wait: Callable[[str, float], None] = lambda key, waited_s: None,
 ) -> tuple[int | None, Handoff | None]:
     """Finish what the probe started: (exit code, None) when answered here, else
     (None, handoff or None) for the full path."""
@@ -195,7 +195,7 @@ def attempt(
         else:
 
             def waiting(waited_s: float) -> None:
-                on_wait()
+                on_wait(lock.key, waited_s)
                 log.info("lock_waiting", key=lock.key, reason="held by another runner")
 
             def done() -> bool:
