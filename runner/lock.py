@@ -16,7 +16,7 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -37,6 +37,22 @@ class MigrationLock(Protocol):
     def release(self) -> None: ...
 
 
+def _short_statement(conn: Connection, sql: str, params: Mapping[str, object]) -> object:
+    """One statement in its own transaction, committed at once: a poll never leaves the
+    session idle in a transaction. On failure, roll back and re-raise the original error: a
+    commit in `finally` would replace "connection lost" with SQLAlchemy's PendingRollbackError."""
+    from sqlalchemy import text
+
+    try:
+        value = conn.execute(text(sql), params).scalar()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        raise
+    conn.commit()
+    return value
+
+
 def derive_key(database: str, schema: str | None, table: str) -> int:
     """A deterministic signed 64-bit key for (database, version schema, version table)."""
     material = "\x00".join((database, schema or "", table)).encode()
@@ -54,19 +70,7 @@ class PostgresAdvisoryLock:
         self._held = held
 
     def _scalar(self, sql: str, **params: int) -> object:
-        from sqlalchemy import text
-
-        # Each poll is its own short transaction, committed at once: never idle in one.
-        # On failure, roll back and re-raise the original error: a commit in `finally` would
-        # replace "connection lost" with SQLAlchemy's PendingRollbackError.
-        try:
-            value = self.conn.execute(text(sql), params).scalar()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.conn.rollback()
-            raise
-        self.conn.commit()
-        return value
+        return _short_statement(self.conn, sql, params)
 
     def try_acquire(self) -> bool:
         self._held = bool(self._scalar("SELECT pg_try_advisory_lock(:k)", k=self.key_int))
@@ -116,16 +120,7 @@ class MySqlNamedLock:
         self._held = False
 
     def _scalar(self, sql: str) -> object:
-        from sqlalchemy import text
-
-        try:
-            value = self.conn.execute(text(sql), {"name": self.key}).scalar()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.conn.rollback()
-            raise
-        self.conn.commit()
-        return value
+        return _short_statement(self.conn, sql, {"name": self.key})
 
     def try_acquire(self) -> bool:
         self._held = self._scalar("SELECT GET_LOCK(:name, 0)") == 1

@@ -21,24 +21,9 @@ from runner.lock import derive_key
 from runner.urls import parse_database_url
 from tests.faults.checks import assert_clean_outcome, scalar, with_sentinel
 from tests.faults.live import LiveCli
+from tests.faults.projects import ORDER3, sleepy_project
 from tests.faults.proxy import FaultProxy, proxy_fixture, tcp_pg_url_fixture  # noqa: F401
 from tests.support import Rev, chain, run_cli, write_project
-
-ORDER3 = ["r0000", "r0001", "r0002"]
-SLEEPY = Rev(
-    "r0001",
-    "r0000",
-    message="long statement",
-    upgrade="""
-import os
-op.create_table("t_r0001", sa.Column("id", sa.Integer))
-op.execute(f"SELECT pg_sleep({os.environ.get('FAULT_SLEEP', '0')})")
-""",
-)
-
-
-def _project(tmp_path: Path) -> Path:
-    return write_project(tmp_path, [chain(1)[0], SLEEPY, chain(3)[2]])
 
 
 def _wait_for_query(admin_url: str, pattern: str, run: LiveCli, timeout: float = 20) -> None:
@@ -54,7 +39,7 @@ def _wait_for_query(admin_url: str, pattern: str, run: LiveCli, timeout: float =
 def test_database_not_accepting_yet_is_waited_for_then_migrated(
     tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
 ) -> None:
-    ini = _project(tmp_path)
+    ini = sleepy_project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     proxy.stop_accepting()
     run = LiveCli(["upgrade", "--config", str(ini)], url, MIGRATION_CONNECT_TIMEOUT="30")
@@ -70,7 +55,7 @@ def test_database_not_accepting_yet_is_waited_for_then_migrated(
 def test_blackhole_during_connect_exits_69_within_the_connect_timeout(
     tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
 ) -> None:
-    ini = _project(tmp_path)
+    ini = sleepy_project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     proxy.blackhole()
     started = time.monotonic()
@@ -96,7 +81,7 @@ def test_blackhole_during_connect_exits_69_within_the_connect_timeout(
 def test_reset_while_waiting_for_the_lock_exits_69_and_changes_nothing(
     tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
 ) -> None:
-    ini = _project(tmp_path)
+    ini = sleepy_project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     key = derive_key(parse_database_url(tcp_pg_url, source="t").database, None, "alembic_version")
     engine = create_engine(tcp_pg_url, poolclass=NullPool)
@@ -118,7 +103,7 @@ def test_reset_while_waiting_for_the_lock_exits_69_and_changes_nothing(
 def test_reset_mid_revision_exits_69_keeping_only_committed_revisions(
     tmp_path: Path, tcp_pg_url: str, proxy: FaultProxy
 ) -> None:
-    ini = _project(tmp_path)
+    ini = sleepy_project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30")
     _wait_for_query(tcp_pg_url, "SELECT pg_sleep(30)%", run)
@@ -139,7 +124,7 @@ def test_blackhole_mid_revision_then_sigterm_exits_within_the_grace_period(
 ) -> None:
     """The peer goes silent while a statement runs: no reply, no RST. A SIGTERM must still end
     the run within the shutdown grace period, although even the cancel request gets no answer."""
-    ini = _project(tmp_path)
+    ini = sleepy_project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30")
     _wait_for_query(tcp_pg_url, "SELECT pg_sleep(30)%", run)

@@ -11,19 +11,8 @@ import pytest
 from tests.faults.checks import assert_clean_outcome, scalar, version_heads
 from tests.faults.live import LiveCli
 from tests.faults.private_pg import PrivateServer, private_pg_fixture  # noqa: F401
-from tests.support import Rev, chain, write_project
-
-ORDER3 = ["r0000", "r0001", "r0002"]
-SLEEPY = Rev(
-    "r0001",
-    "r0000",
-    message="long statement",
-    upgrade="""
-import os
-op.create_table("t_r0001", sa.Column("id", sa.Integer))
-op.execute(f"SELECT pg_sleep({os.environ.get('FAULT_SLEEP', '0')})")
-""",
-)
+from tests.faults.projects import ORDER3, sleepy_project
+from tests.support import chain, write_project
 
 
 @pytest.mark.slow
@@ -34,7 +23,7 @@ def test_database_restart_mid_revision_exits_69_and_the_rerun_completes(
 ) -> None:
     private_pg.ensure_running()
     url = private_pg.create_database()
-    ini = write_project(tmp_path, [chain(1)[0], SLEEPY, chain(3)[2]])
+    ini = sleepy_project(tmp_path)
     run = LiveCli(
         ["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30", MIGRATION_CONNECT_TIMEOUT="5"
     )

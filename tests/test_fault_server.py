@@ -21,23 +21,8 @@ from tests.faults.checks import (
     with_sentinel,
 )
 from tests.faults.live import LiveCli
+from tests.faults.projects import ORDER3, sleepy_project
 from tests.support import Rev, chain, run_cli, write_project
-
-ORDER3 = ["r0000", "r0001", "r0002"]
-SLEEPY = Rev(
-    "r0001",
-    "r0000",
-    message="long statement",
-    upgrade="""
-import os
-op.create_table("t_r0001", sa.Column("id", sa.Integer))
-op.execute(f"SELECT pg_sleep({os.environ.get('FAULT_SLEEP', '0')})")
-""",
-)
-
-
-def _project(tmp_path: Path) -> Path:
-    return write_project(tmp_path, [chain(1)[0], SLEEPY, chain(3)[2]])
 
 
 def _runner_pid(admin_url: str, like: str, run: LiveCli, timeout: float = 20) -> int:
@@ -59,7 +44,7 @@ def _runner_pid(admin_url: str, like: str, run: LiveCli, timeout: float = 20) ->
 def test_backend_terminated_mid_revision_exits_69_and_keeps_committed_revisions(
     tmp_path: Path, pg_url: str
 ) -> None:
-    ini = _project(tmp_path)
+    ini = sleepy_project(tmp_path)
     url = with_sentinel(pg_url)
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30")
     pid = _runner_pid(pg_url, "SELECT pg_sleep(30)%", run)
@@ -76,7 +61,7 @@ def test_backend_terminated_mid_revision_exits_69_and_keeps_committed_revisions(
 def test_backend_terminated_while_waiting_for_the_lock_exits_69_changing_nothing(
     tmp_path: Path, pg_url: str
 ) -> None:
-    ini = _project(tmp_path)
+    ini = sleepy_project(tmp_path)
     url = with_sentinel(pg_url)
     key = derive_key(make_url(pg_url).database or "", None, "alembic_version")
     engine = create_engine(pg_url, poolclass=NullPool)
@@ -134,7 +119,7 @@ def test_read_only_database_is_a_clear_configuration_error_and_changes_nothing(
 
 @pytest.mark.timeout(60)
 def test_statement_timeout_exits_70_naming_the_revision(tmp_path: Path, pg_url: str) -> None:
-    ini = _project(tmp_path)
+    ini = sleepy_project(tmp_path)
     url = with_sentinel(pg_url)
     result = run_cli(
         ["upgrade", "--config", str(ini)], url, MIGRATION_STATEMENT_TIMEOUT="1", FAULT_SLEEP="5"
