@@ -32,7 +32,7 @@ from tests.support import chain, cli_env, write_project  # noqa: E402
 ADMIN = make_url(
     os.environ.get("MIGRATION_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ).set(drivername="postgresql+psycopg2")
-RUNS = int(os.environ.get("BENCH_RUNS", "9"))
+RUNS = int(os.environ.get("BENCH_RUNS", "15"))
 BIN = Path(sys.executable).parent
 
 

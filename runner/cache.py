@@ -9,6 +9,7 @@ the cache can only make a run faster, never change its result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -71,15 +72,20 @@ def lookup(entry: Path) -> ProjectFacts | None:
 
 
 def store(entry: Path, facts: ProjectFacts) -> bool:
-    """Write atomically; a read-only filesystem or a race simply leaves no entry."""
+    """Write atomically, unless the entry already says the same; a read-only filesystem or a
+    race simply leaves no entry (False)."""
     digest = project_digest(facts)
     if digest is None:
         return False
+    record = {"format": CACHE_FORMAT, "digest": digest, **asdict(facts)}
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(entry.read_text(encoding="utf-8")) == record:
+            return True
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-")
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump({"format": CACHE_FORMAT, "digest": digest, **asdict(facts)}, out)
+            json.dump(record, out)
         os.replace(tmp, entry)
     except OSError:
         return False

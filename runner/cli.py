@@ -310,7 +310,7 @@ def _yield_cpu() -> None:
     # No log line here: this may run before the log settings are read. A failure (a
     # seccomp profile forbidding it) only means the runner waits at normal priority.
     with contextlib.suppress(OSError):
-        os.nice(10)
+        os.nice(19)
 
 
 def observers_for(settings: Any) -> list[RunObserver]:

@@ -56,11 +56,8 @@ def _remember(migrator: Migrator, settings: Settings) -> None:
     entry = cache.entry_path(
         settings.cache_dir, settings.config, settings.script_location, settings.environment_digest
     )
-    if cache.lookup(entry) != facts:
-        stored = cache.store(entry, facts)
-        log.debug(
-            "fast_path_cache_stored" if stored else "fast_path_cache_unwritable", path=str(entry)
-        )
+    if not cache.store(entry, facts):
+        log.debug("fast_path_cache_unwritable", path=str(entry))
 
 
 def _upgrade(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
