@@ -82,6 +82,10 @@ def timed(
     return elapsed
 
 
+def spread(samples: list[float]) -> str:
+    return f"{min(samples) * 1000:.0f}-{max(samples) * 1000:.0f}"
+
+
 def runner_cmd() -> list[str]:
     return [str(BIN / "migration-runner"), "upgrade"]
 
@@ -100,19 +104,12 @@ def main() -> None:
     env = cli_env(url, MIGRATION_CONFIG=str(ini))
     # Warm the bytecode caches of both tools and the revision files once.
     timed(alembic_cmd(), env, work)
-    rows = []
+    rows: list[tuple[str, list[float], list[float], float]] = []
 
     noop_alembic = [timed(alembic_cmd(), env, work) for _ in range(RUNS)]
     noop_runner = [timed(runner_cmd(), env, work, expect_applied=0) for _ in range(RUNS)]
     drop(name)
-    rows.append(
-        (
-            "no-op upgrade (at head)",
-            statistics.median(noop_alembic),
-            statistics.median(noop_runner),
-            1.0,
-        )
-    )
+    rows.append(("no-op upgrade (at head)", noop_alembic, noop_runner, 1.0))
 
     apply_alembic, apply_runner = [], []
     for _ in range(RUNS):
@@ -126,7 +123,7 @@ def main() -> None:
         )
         drop(name)
     single = statistics.median(apply_runner)
-    rows.append(("apply 100 revisions", statistics.median(apply_alembic), single, 1.25))
+    rows.append(("apply 100 revisions", apply_alembic, apply_runner, 1.25))
     print(
         "apply samples (s): alembic",
         [round(x, 3) for x in apply_alembic],
@@ -163,24 +160,27 @@ def main() -> None:
         "",
         f"`python bench/bench.py` on {os.cpu_count()} cores, PostgreSQL at "
         f"{ADMIN.host or 'socket'}, 100 revisions, median of {RUNS} runs "
-        f"({time.strftime('%Y-%m-%d')}).",
+        f"({time.strftime('%Y-%m-%d')}). Medians decide; the range (min-max) shows how noisy "
+        "a 2-core machine is.",
         "",
         "| scenario | alembic upgrade head | migration-runner | ratio | bar |",
         "|---|---|---|---|---|",
     ]
     ok = True
-    for label, base, ours, bar in rows:
+    for label, base_runs, our_runs, bar in rows:
+        base, ours = statistics.median(base_runs), statistics.median(our_runs)
         ratio = ours / base
         ok &= ratio <= bar
         lines.append(
-            f"| {label} | {base * 1000:.0f} ms | {ours * 1000:.0f} ms | {ratio:.2f}x "
+            f"| {label} | {base * 1000:.0f} ms ({spread(base_runs)}) "
+            f"| {ours * 1000:.0f} ms ({spread(our_runs)}) | {ratio:.2f}x "
             f"| <= {bar:.2f}x {'PASS' if ratio <= bar else 'FAIL'} |"
         )
     ten_ok = ten <= single + 1.0
     ok &= ten_ok
     lines.append(
         f"| 10 runners together, all exit 0 | single runner apply {single * 1000:.0f} ms "
-        f"| {ten * 1000:.0f} ms | +{(ten - single) * 1000:.0f} ms "
+        f"| {ten * 1000:.0f} ms ({spread(together)}) | +{(ten - single) * 1000:.0f} ms "
         f"| <= +1000 ms {'PASS' if ten_ok else 'FAIL'} |"
     )
     text = "\n".join(lines) + "\n"
