@@ -20,19 +20,10 @@ from sqlalchemy.pool import NullPool
 from runner.lock import derive_key
 from runner.urls import parse_database_url
 from tests.faults.checks import assert_clean_outcome, scalar, with_sentinel
-from tests.faults.live import LiveCli
+from tests.faults.live import LiveCli, wait_for_statement
 from tests.faults.projects import ORDER3, sleepy_project
 from tests.faults.proxy import FaultProxy, proxy_fixture, tcp_pg_url_fixture  # noqa: F401
 from tests.support import Rev, chain, run_cli, write_project
-
-
-def _wait_for_query(admin_url: str, pattern: str, run: LiveCli, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not scalar(
-        admin_url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE :p", p=pattern
-    ):
-        assert time.monotonic() < deadline, "".join(run.lines)
-        time.sleep(0.05)
 
 
 @pytest.mark.timeout(60)
@@ -106,7 +97,7 @@ def test_reset_mid_revision_exits_69_keeping_only_committed_revisions(
     ini = sleepy_project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30")
-    _wait_for_query(tcp_pg_url, "SELECT pg_sleep(30)%", run)
+    wait_for_statement(tcp_pg_url, "SELECT pg_sleep(30)%", run)
     proxy.reset()
     result = run.finish(30)
     assert result.finished["outcome"] == "database_unavailable", result.stderr
@@ -127,7 +118,7 @@ def test_blackhole_mid_revision_then_sigterm_exits_within_the_grace_period(
     ini = sleepy_project(tmp_path)
     url = proxy.url_for(with_sentinel(tcp_pg_url))
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30")
-    _wait_for_query(tcp_pg_url, "SELECT pg_sleep(30)%", run)
+    wait_for_statement(tcp_pg_url, "SELECT pg_sleep(30)%", run)
     proxy.blackhole()
     time.sleep(0.5)
     sent = time.monotonic()

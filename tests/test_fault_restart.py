@@ -3,13 +3,12 @@ the runner starts. A private PostgreSQL (tests/faults/private_pg.py) takes the r
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.faults.checks import assert_clean_outcome, scalar, version_heads
-from tests.faults.live import LiveCli
+from tests.faults.checks import assert_clean_outcome, version_heads
+from tests.faults.live import LiveCli, wait_for_statement
 from tests.faults.private_pg import PrivateServer, private_pg_fixture  # noqa: F401
 from tests.faults.projects import ORDER3, sleepy_project
 from tests.support import chain, write_project
@@ -27,12 +26,7 @@ def test_database_restart_mid_revision_exits_69_and_the_rerun_completes(
     run = LiveCli(
         ["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30", MIGRATION_CONNECT_TIMEOUT="5"
     )
-    deadline = time.monotonic() + 20
-    while not scalar(
-        url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'"
-    ):
-        assert time.monotonic() < deadline, "".join(run.lines)
-        time.sleep(0.05)
+    wait_for_statement(url, "SELECT pg_sleep(30)%", run)
     private_pg.stop(mode)
     result = run.finish(30)
     private_pg.start()

@@ -31,7 +31,7 @@ def _runner_pid(admin_url: str, like: str, run: LiveCli, timeout: float = 20) ->
         rows = query(
             admin_url,
             "SELECT pid FROM pg_stat_activity WHERE query LIKE :q "
-            "AND application_name = 'migration-runner'",
+            "AND application_name = 'migration-runner' AND datname = current_database()",
             q=like,
         )
         if rows:
@@ -73,7 +73,7 @@ def test_backend_terminated_while_waiting_for_the_lock_exits_69_changing_nothing
         scalar(
             pg_url,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'migration-runner'",
+            "WHERE application_name = 'migration-runner' AND datname = current_database()",
         )
         result = run.finish(30)
     engine.dispose()

@@ -24,8 +24,9 @@ from tests.faults.checks import (
     wait_no_runner_lock,
     with_sentinel,
 )
-from tests.faults.live import LiveCli
+from tests.faults.live import LiveCli, wait_for_statement
 from tests.faults.private_pg import free_port
+from tests.faults.projects import sleepy_project
 from tests.support import Rev, chain, write_project
 
 SIGNALS = [
@@ -161,12 +162,7 @@ def test_sigterm_during_an_autocommit_block_exits_143_and_the_rerun_completes(
     ini = write_project(tmp_path, [chain(1)[0], CIC])
     url = with_sentinel(pg_url)
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="30")
-    deadline = time.monotonic() + 20
-    while not scalar(
-        pg_url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'"
-    ):
-        assert time.monotonic() < deadline, "".join(run.lines)
-        time.sleep(0.1)
+    wait_for_statement(pg_url, "SELECT pg_sleep(30)%", run)
     sent = time.monotonic()
     run.proc.send_signal(signal.SIGTERM)
     result = run.finish(30)
@@ -189,25 +185,10 @@ def test_sigkill_mid_statement_frees_the_lock_within_the_connection_check_interv
 ) -> None:
     """client_connection_check_interval (2 s) lets the server notice the dead client while
     pg_sleep(60) runs; without it the lock would stay held for the whole minute."""
-    sleepy = Rev(
-        "r0001",
-        "r0000",
-        message="long statement",
-        upgrade="""
-op.create_table("t_r0001", sa.Column("id", sa.Integer))
-import os
-op.execute(f"SELECT pg_sleep({os.environ.get('FAULT_SLEEP', '0')})")
-""",
-    )
-    ini = write_project(tmp_path, [chain(1)[0], sleepy])
+    ini = sleepy_project(tmp_path)
     url = with_sentinel(pg_url)
     run = LiveCli(["upgrade", "--config", str(ini)], url, FAULT_SLEEP="60")
-    deadline = time.monotonic() + 20
-    while not scalar(
-        pg_url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'"
-    ):
-        assert time.monotonic() < deadline, "".join(run.lines)
-        time.sleep(0.1)
+    wait_for_statement(pg_url, "SELECT pg_sleep(60)%", run)
     run.proc.kill()
     run.proc.wait(10)
     released_after = wait_no_runner_lock(pg_url, timeout=15)

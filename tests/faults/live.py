@@ -64,3 +64,19 @@ class LiveCli:
         stdout = self.proc.stdout.read()
         stderr = "".join(self.lines)
         return CliResult(self.proc.returncode, stdout, stderr, parse_events(stderr))
+
+
+def wait_for_statement(url: str, pattern: str, run: LiveCli, timeout: float = 20) -> None:
+    """Wait until a statement LIKE `pattern` runs in the database of `url` (the runner is
+    mid-revision); fail with the runner's output so far if it never does."""
+    from tests.faults.checks import scalar
+
+    deadline = time.monotonic() + timeout
+    while not scalar(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE :p "
+        "AND datname = current_database()",
+        p=pattern,
+    ):
+        assert time.monotonic() < deadline, "".join(run.lines)
+        time.sleep(0.05)
