@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -63,7 +63,6 @@ class SessionSettings:
     statement_timeout_s: float
     idle_in_transaction_timeout_s: float
     connect_attempt_timeout_s: float = 10.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def sqlstate_of(exc: BaseException) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from runner import redact
@@ -160,8 +159,3 @@ def bind_context(**fields: Any) -> None:
     import structlog
 
     structlog.contextvars.bind_contextvars(**{k: v for k, v in fields.items() if v})
-
-
-def event_fields(mapping: MutableMapping[str, Any]) -> dict[str, Any]:
-    """Drop None values so log lines stay short."""
-    return {k: v for k, v in mapping.items() if v is not None}

@@ -191,7 +191,6 @@ class Migrator:
         self._lock: locks.MigrationLock | None = None
         self._configured = False
         self._current_step: PendingRevision | None = None
-        self._version_table = VersionTable()
         self._pooler_checked = False
         #: The version table env.py configured, once seen (cached for the fast path).
         self.seen_version_table: VersionTable | None = None
@@ -672,7 +671,6 @@ class Migrator:
                 pending=len(todo),
                 revisions=[p.revision for p in todo],
             )
-            self._version_table = vt
             return self.connection()
 
         def wrap_steps(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -701,9 +699,10 @@ class Migrator:
                 on_configure, fn=fn, wrap_steps=wrap_steps, destination_rev=destination_rev
             )
         )
-        if self._lock is not None and self._conn is not None:
+        vt = self.seen_version_table
+        if self._lock is not None and self._conn is not None and vt is not None:
             try:
-                heads = self._read_heads(self._version_table)
+                heads = self._read_heads(vt)
             except DBAPIError as exc:
                 # Every revision committed, then the connection went: report it as lost
                 # (exit 69, retry), so a rerun confirms the state instead of a guess here.

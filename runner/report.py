@@ -6,7 +6,7 @@ each stays a small function that is easy to test on its own.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -51,6 +51,3 @@ class RunReport:
         if self.sqlstate:
             out["sqlstate"] = self.sqlstate
         return out
-
-    def applied_dicts(self) -> list[dict[str, Any]]:
-        return [asdict(rev) for rev in self.applied]

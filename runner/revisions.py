@@ -134,9 +134,6 @@ class RevisionGraph:
         steps = self.script._upgrade_revs(target, cast(Any, db_heads))  # noqa: SLF001
         return [PendingRevision.of(step.revision) for step in steps]
 
-    def is_head_state(self, db_heads: tuple[str, ...]) -> bool:
-        return set(db_heads) == set(self.heads)
-
     def project_files(self) -> tuple[list[str], bool]:
         """Directories whose .py files define the project (env.py's and the versions'), and
         whether version locations are searched recursively."""
