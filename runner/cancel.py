@@ -43,6 +43,12 @@ class CancelToken:
     def on_cancel(self, fn: Any) -> None:
         self._cancel_in_flight.append(fn)
 
+    def off_cancel(self, fn: Any) -> None:
+        """Forget `fn` once its connection is done: a cancel aimed at a closed session's
+        process id could reach whichever session the server gives that id next."""
+        with contextlib.suppress(ValueError):
+            self._cancel_in_flight.remove(fn)
+
     @property
     def cleaning_up(self) -> bool:
         return self._cleaning_up

@@ -1,7 +1,7 @@
-"""The command line: the only place that touches the process (arguments, signals, logging
-setup, exit codes). Each command runs in a worker thread so that SIGTERM/SIGINT are handled at
-once by the main thread, which cancels the statement in flight and waits, bounded, for the
-worker to roll back and release the lock.
+"""The command line: the only place that touches the process (arguments, standard streams,
+signals, logging setup, exit codes). Each command runs in a worker thread so that
+SIGTERM/SIGINT are handled at once by the main thread, which cancels the statement in flight
+and waits, bounded, for the worker to roll back and release the lock.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from runner import logs
+from runner import logs, redact
 from runner.errors import ExitCode, Interrupted, RunnerError, UsageError
 from runner.logs import log
 from runner.report import RunReport
 
 if TYPE_CHECKING:
     from runner.observers import RunObserver
+    from runner.settings import Settings
 
 
 #: After SIGTERM, how long the worker gets to roll back and release the lock. Kubernetes
@@ -49,6 +50,46 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    for name in ("alembic-migration-runner", "migration-runner"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    from runner import __version__
+
+    return __version__
+
+
+def _alembic_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Alembic's own options, accepted before or after the command as `alembic` accepts
+    them before it (`default`: SUPPRESS after the command, so it does not erase a value given
+    before it)."""
+    parser.add_argument(
+        "-x",
+        action="append",
+        dest="x_args",
+        metavar="KEY=VALUE",
+        default=default,
+        help="additional argument for env.py (context.get_x_argument()); repeatable "
+        "(MIGRATION_X_ARGS)",
+    )
+    parser.add_argument(
+        "-n",
+        "--name",
+        dest="ini_section",
+        default=default,
+        help="ini section env.py reads (MIGRATION_INI_SECTION; default: alembic)",
+    )
+    parser.add_argument(
+        "--tag",
+        default=default,
+        help="tag for env.py (context.get_tag_argument()) (MIGRATION_TAG)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="migration-runner",
@@ -56,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "documented exit codes. Settings come from MIGRATION_* environment variables; "
         "flags override them.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _alembic_options(parser, None)
     common = _Parser(add_help=False)
     common.add_argument("--config", help="path to alembic.ini (MIGRATION_CONFIG)")
     common.add_argument(
@@ -73,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--log-format", choices=["auto", "json", "console"])
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     common.add_argument("--on-db-ahead", choices=["warn", "fail"])
+    _alembic_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str) -> argparse.ArgumentParser:
@@ -80,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
             name, parents=[common], help=COMMAND_HELP[name], description=COMMAND_HELP[name]
         )
 
-    add("upgrade").add_argument("revision", nargs="?", default="head")
+    revision_help = (
+        "a revision as Alembic takes it: head, heads, an id, branch@head, +N/-N, head-N, base+N"
+    )
+    add("upgrade").add_argument("revision", nargs="?", default="head", help=revision_help)
     check = add("check")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     wait = add("wait")
@@ -91,15 +138,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait (MIGRATION_WAIT_TIMEOUT)",
     )
     plan = add("plan")
-    plan.add_argument("revision", nargs="?", default="head")
+    plan.add_argument(
+        "revision",
+        nargs="?",
+        default="head",
+        help=f"{revision_help}; with --sql also a range FROM:TO",
+    )
     plan.add_argument("--sql", action="store_true", help="print the SQL instead of the list")
     plan.add_argument("--json", action="store_true")
     add("current").add_argument("--json", action="store_true")
     add("history").add_argument("--json", action="store_true")
     down = add("downgrade")
-    down.add_argument("revision")
+    down.add_argument("revision", help=revision_help)
     down.add_argument("--yes", action="store_true", help="confirm: downgrades can lose data")
-    add("stamp").add_argument("revision")
+    stamp = add("stamp")
+    stamp.add_argument("revision", nargs="+", help=revision_help)
+    stamp.add_argument(
+        "--purge", action="store_true", help="empty the version table first (alembic --purge)"
+    )
     sub.add_parser("kube-run", help=COMMAND_HELP["kube-run"], add_help=False)
     return parser
 
@@ -116,6 +172,9 @@ _SETTING_FLAGS = (
     "log_level",
     "on_db_ahead",
     "wait_timeout",
+    "x_args",
+    "ini_section",
+    "tag",
 )
 
 
@@ -132,41 +191,55 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     # the process mid-import. Either way the run would not report; remember it instead.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _remember_early_signal)
-    code = run(list(sys.argv[1:] if argv is None else argv))
+    results, events = _claim_standard_streams()
+    code = run(list(sys.argv[1:] if argv is None else argv), stdout=results, stderr=events)
     # Everything is closed and the lock released by now; skip the interpreter's teardown of
     # SQLAlchemy, Alembic and pydantic (about 0.1 s that every deploy would pay).
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (results, events, sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(code)
 
 
-def run(argv: list[str], stdout: TextIO | None = None) -> int:
+def _claim_standard_streams() -> tuple[TextIO, TextIO]:
+    """The runner's own stdout (command results) and stderr (events), taken before any project
+    code runs. Then whatever the project writes to file descriptor 1 (`print()`, a handler on
+    `sys.stdout`, a C library) goes to stderr instead, and Python-level writes to
+    `sys.stdout`/`sys.stderr` are masked: stdout carries command results alone, and no
+    project output can carry a secret out."""
+    sys.stdout.flush()
+    results = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="replace")
+    events = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = redact.MaskedStream(sys.stdout)
+    sys.stderr = redact.MaskedStream(sys.stderr)
+    return results, events
+
+
+def run(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     stdout = stdout or sys.stdout
     parser = build_parser()
     started = time.monotonic()
     report = RunReport(command=argv[0] if argv else "")
     if argv[:1] == ["kube-run"]:
-        return _kube_run(argv[1:], parser, report, started)
+        return _kube_run(argv[1:], parser, report, started, stdout, stderr)
     try:
-        args = parser.parse_args(argv)
+        # --help and --version print to the runner's stdout and end the run with exit 0.
+        with contextlib.redirect_stdout(stdout):
+            args = parser.parse_args(argv)
     except UsageError as exc:
-        return _finish_early(parser, report, exc, started)
+        return _finish_early(parser, report, exc, started, stderr)
+    except SystemExit as exc:
+        stdout.flush()
+        return int(exc.code or 0) if isinstance(exc.code, int | None) else ExitCode.USAGE
     if not args.command:
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
     report.command = args.command
-
     overrides = {k: getattr(args, k, None) for k in _SETTING_FLAGS}
-    # The lock probe comes before the settings' own import cost: a runner that finds another
-    # one migrating steps aside (lower CPU priority) before it does any further work.
-    from runner import environment, fastpath
-
-    probe = fastpath.probe(
-        args.command, getattr(args, "revision", "head"), environment.early_settings(overrides)
-    )
-    if probe is not None and probe.busy:
-        _yield_cpu()
+    if overrides["x_args"] is not None:
+        overrides["x_args"] = tuple(overrides["x_args"])
     from runner.settings import load_settings
 
     try:
@@ -174,15 +247,14 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
             raise UsageError("downgrade can drop data: add --yes to confirm")
         settings = load_settings(overrides)
     except RunnerError as exc:
-        if probe is not None:
-            probe.close()
-        return _finish_early(parser, report, exc, started)
-    logs.defer_configuration(settings.log_format, settings.log_level)
+        return _finish_early(parser, report, exc, started, stderr)
+    logs.configure_logging(settings.log_format, settings.log_level, stderr)
+    unmask_records = logs.mask_log_records()
     if settings.in_kubernetes:
         logs.bind_context(
             pod=settings.pod_name, namespace=settings.pod_namespace, job=settings.job_name
         )
-    observers = observers_for(settings)
+    observers = observers_for(settings, stdout)
     _notify(observers, lambda o: o.run_started(args.command))
 
     from runner.cancel import CancelToken
@@ -192,11 +264,14 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
 
     def work() -> None:
         try:
-            outcome["code"] = _dispatch(args, settings, cancel, observers, report, stdout, probe)
+            outcome["code"] = _dispatch(args, settings, cancel, observers, report, stdout)
         except BaseException as exc:  # handed to the main thread, which maps it
             outcome["error"] = exc
 
-    code = _run_supervised(work, cancel, outcome)
+    try:
+        code = _run_supervised(work, cancel, outcome)
+    finally:
+        unmask_records()
     if "error" in outcome:
         code = _record_error(report, outcome["error"])
     else:
@@ -208,7 +283,12 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
 
 
 def _kube_run(
-    argv: list[str], parser: argparse.ArgumentParser, report: RunReport, started: float
+    argv: list[str],
+    parser: argparse.ArgumentParser,
+    report: RunReport,
+    started: float,
+    stdout: TextIO,
+    stderr: TextIO | None,
 ) -> int:
     """`kube-run` parses its own flags; it shares only settings and the log pipeline."""
     from runner.settings import load_settings
@@ -216,11 +296,11 @@ def _kube_run(
     try:
         settings = load_settings()
     except RunnerError as exc:
-        return _finish_early(parser, report, exc, started)
-    logs.configure_logging(settings.log_format, settings.log_level)
+        return _finish_early(parser, report, exc, started, stderr)
+    logs.configure_logging(settings.log_format, settings.log_level, stderr)
     from runner import kube_cli
 
-    return kube_cli.main(argv)
+    return kube_cli.main(argv, stdout=getattr(stdout, "buffer", None))
 
 
 def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, Any]) -> int:
@@ -267,59 +347,43 @@ def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, An
 
 def _dispatch(
     args: argparse.Namespace,
-    settings: Any,
+    settings: Settings,
     cancel: Any,
     observers: Sequence[RunObserver],
     report: RunReport,
     stdout: TextIO,
-    probe: Any,
 ) -> int:
-    from runner import fastpath
+    # Alembic and SQLAlchemy are imported here, in the worker: the signal handler is in place.
+    from runner.commands import COMMANDS
+    from runner.drive import Run
 
-    def waiting(key: str, waited_s: float) -> None:
-        _yield_cpu()
-        _notify(observers, lambda o: o.lock_waiting(key, waited_s))
+    _export_url(settings)
+    run = Run(settings, cancel, observers, report)
+    return COMMANDS[args.command](run, args, stdout)
 
-    code, handoff = fastpath.attempt(probe, settings, cancel, report, on_wait=waiting)
-    if code is not None:
-        return code
-    logs.ensure_configured()  # the full path's modules log through structlog directly
-    from runner import commands  # loads Alembic and SQLAlchemy: the full path
 
-    return commands.run_command(args, settings, cancel, observers, report, stdout, handoff)
+def _export_url(settings: Settings) -> None:
+    """MIGRATION_EXPORT_URL_AS: env.py reads its URL from its own variable; give it ours."""
+    if settings.export_url_as and settings.database_url is not None:
+        url = settings.database_url.get_secret_value()
+        for name in settings.export_url_as:
+            os.environ[name] = url
 
 
 def _notify(observers: Sequence[RunObserver], call: Callable[[RunObserver], None]) -> None:
     if observers:  # no import of the observer machinery when nobody listens
         from runner.observers import notify
 
-        logs.ensure_configured()
         notify(observers, call)
 
 
-_yielded = False
-
-
-def _yield_cpu() -> None:
-    """Another runner is migrating: give it the CPU. Ten runners started together on one
-    machine otherwise slow the one that migrates with their own start-up work."""
-    global _yielded
-    if _yielded:
-        return
-    _yielded = True
-    # No log line here: this may run before the log settings are read. A failure (a
-    # seccomp profile forbidding it) only means the runner waits at normal priority.
-    with contextlib.suppress(OSError):
-        os.nice(19)
-
-
-def observers_for(settings: Any) -> list[RunObserver]:
+def observers_for(settings: Any, stdout: TextIO) -> list[RunObserver]:
     """The reporters this process has: GitHub Actions, the pod's termination message, Events."""
     observers: list[RunObserver] = []
     if settings.github_actions:
         from runner.github import GitHubObserver
 
-        observers.append(GitHubObserver(settings.github_step_summary, sys.stdout))
+        observers.append(GitHubObserver(settings.github_step_summary, stdout))
     if settings.in_kubernetes:
         from runner.termination import TerminationMessageObserver
 
@@ -340,14 +404,16 @@ def _record_error(report: RunReport, exc: BaseException) -> int:
     if isinstance(exc, RunnerError):
         report.exit_code = int(exc.exit_code)
         report.outcome = exc.outcome
-        report.reason = exc.reason
+        report.reason = redact.redact(exc.reason)
         report.failed_revision = exc.fields.get("revision")
         report.sqlstate = exc.fields.get("sqlstate")
     else:
         report.exit_code = ExitCode.INTERNAL
         report.outcome = "internal_error"
         text = str(exc).strip().splitlines()
-        report.reason = f"internal error: {type(exc).__name__}" + (f": {text[0]}" if text else "")
+        report.reason = redact.redact(
+            f"internal error: {type(exc).__name__}" + (f": {text[0]}" if text else "")
+        )
         log.debug("internal_error", exc_info=exc)
     return report.exit_code
 
@@ -361,12 +427,16 @@ def _log_finished(report: RunReport) -> None:
 
 
 def _finish_early(
-    parser: argparse.ArgumentParser, report: RunReport, exc: RunnerError, started: float
+    parser: argparse.ArgumentParser,
+    report: RunReport,
+    exc: RunnerError,
+    started: float,
+    stderr: TextIO | None,
 ) -> int:
     """Usage and settings errors: logging uses its defaults, since settings did not load."""
-    logs.configure_logging("auto", "info")
+    logs.configure_logging("auto", "info", stderr)
     if isinstance(exc, UsageError):
-        parser.print_usage(sys.stderr)
+        parser.print_usage(stderr or sys.stderr)
     _record_error(report, exc)
     report.duration_ms = int((time.monotonic() - started) * 1000)
     _log_finished(report)

@@ -1,4 +1,6 @@
-"""What each subcommand does with a `Migrator`, and what it prints on stdout.
+"""What each subcommand does, in the shape of Alembic's own `alembic/command.py`: build the
+migration function Alembic's command would build, hand it to env.py through `drive.Run`, and
+print the result.
 
 stdout carries command results only (check/plan/current/history output, `plan --sql`);
 every log line goes to stderr.
@@ -8,123 +10,205 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable
 from typing import Any, TextIO
 
-import structlog
+from alembic.runtime.migration import MigrationContext
 
-from runner import cache
-from runner.cancel import CancelToken
-from runner.errors import DatabaseAhead, ExitCode
-from runner.fastpath import Handoff
-from runner.migrate import CheckResult, Migrator
-from runner.observers import RunObserver
-from runner.report import RunReport
-from runner.settings import Settings
-
-log = structlog.get_logger("runner")
+from runner.drive import Run, Target, Work
+from runner.errors import DatabaseAhead, ExitCode, UsageError, WaitTimeout
+from runner.logs import log
+from runner.revisions import describe_step, downgrade_steps, stamp_steps, upgrade_steps
 
 
-def run_command(
-    args: argparse.Namespace,
-    settings: Settings,
-    cancel: CancelToken,
-    observers: Sequence[RunObserver],
-    report: RunReport,
-    out: TextIO,
-    handoff: Handoff | None = None,
-) -> int:
-    try:
-        migrator = Migrator(settings, cancel, observers, report, handoff)
-    except BaseException:
-        if handoff is not None:
-            handoff.connection.close()  # the server drops the lock with the connection
-        raise
-    try:
-        code = _COMMANDS[args.command](migrator, args, report, out)
-        _remember(migrator, settings)
-        return code
-    finally:
-        migrator.close()
+def _no_range(revision: str, command: str) -> None:
+    if ":" in revision:
+        raise UsageError(
+            f"{command} takes one revision, not a range ({revision!r}); "
+            "ranges are for `plan --sql FROM:TO`"
+        )
 
 
-def _remember(migrator: Migrator, settings: Settings) -> None:
-    """Cache Alembic's answers for the fast path of the next run (best effort)."""
-    facts = migrator.project_facts()
-    if facts is None or not settings.fast_path or settings.cache_dir is None:
-        return
-    entry = cache.entry_path(
-        settings.cache_dir, settings.config, settings.script_location, settings.environment_digest
+def upgrade(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    revision: str = args.revision
+    _no_range(revision, "upgrade")
+    script = run.script
+
+    def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        return upgrade_steps(script, revision, heads)
+
+    run.drive(Work("upgrade", fn, writes=True, destination_rev=revision, target=revision))
+    run.report.settle_outcome()
+    return ExitCode.OK
+
+
+def downgrade(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    revision: str = args.revision
+    _no_range(revision, "downgrade")
+    script = run.script
+
+    def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        return downgrade_steps(script, revision, heads)
+
+    run.drive(
+        Work(
+            "downgrade",
+            fn,
+            writes=True,
+            destination_rev=revision,
+            on_unknown="fail",
+            target=revision,
+        )
     )
-    if not cache.store(entry, facts):
-        log.debug("fast_path_cache_unwritable", path=str(entry))
-
-
-def _upgrade(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
-    m.upgrade(args.revision)
+    run.report.settle_outcome()
     return ExitCode.OK
 
 
-def _downgrade(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
-    m.downgrade(args.revision)
-    return ExitCode.OK
+def stamp(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    revisions = tuple(args.revision)
+    for revision in revisions:
+        _no_range(revision, "stamp")
+    script = run.script
 
+    def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        return stamp_steps(script, revisions, heads)
 
-def _stamp(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
-    m.stamp(args.revision)
-    return ExitCode.OK
-
-
-def _record_state(report: RunReport, result: CheckResult) -> None:
-    report.from_revision = ",".join(result.current) or None
-    report.to_revision = report.from_revision
-    report.outcome = (
-        "up_to_date" if result.up_to_date else ("database_ahead" if result.unknown else "pending")
+    run.drive(
+        Work(
+            "stamp",
+            fn,
+            writes=True,
+            destination_rev=revisions,
+            purge=args.purge,
+            on_unknown="ignore",
+            target=",".join(revisions),
+        )
     )
+    run.report.settle_outcome()
+    return ExitCode.OK
 
 
-def _ahead(m: Migrator, result: CheckResult) -> None:
-    if result.unknown:
-        if m.settings.on_db_ahead == "fail":
-            raise DatabaseAhead(result.unknown)
-        log.warning("database_ahead", db_revisions=result.unknown, head=list(result.heads))
+def _observe(run: Run, revision: str) -> Work:
+    """Read-only work, as `alembic current` does it: env.py runs, nothing is changed, and each
+    target records its revision and what `upgrade revision` would apply."""
+    script = run.script
+
+    def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        target = _current(run)
+        target.heads = tuple(heads)
+        with run.graph.asking(revision):
+            target.pending = [describe_step(s) for s in upgrade_steps(script, revision, heads)]
+        target.report.outcome = "pending" if target.pending else "up_to_date"
+        return []
+
+    return Work("observe", fn, target=revision)
 
 
-def _check(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
-    result = m.check()
-    _record_state(report, result)
+def _current(run: Run) -> Target:
+    assert run.current is not None
+    return run.current
+
+
+def _states(run: Run) -> list[dict[str, Any]]:
+    return [
+        {
+            "target": t.label,
+            "current": list(t.heads),
+            "head": list(run.graph.heads),
+            "up_to_date": not t.pending and not t.unknown,
+            "pending": [p.public() for p in t.pending],
+            "unknown": t.unknown,
+        }
+        for t in run.targets
+    ]
+
+
+def _as_json(states: list[dict[str, Any]]) -> Any:
+    if len(states) == 1:
+        return states[0]
+    return {"up_to_date": all(s["up_to_date"] for s in states), "targets": states}
+
+
+def check(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    run.drive(_observe(run, "head"))
+    run.report.settle_outcome()
+    states = _states(run)
     if args.json:
-        _json(result.as_dict(), out)
+        _json(_as_json(states), out)
     else:
-        out.write(f"current: {', '.join(result.current) or '(base)'}\n")
-        out.write(f"head:    {', '.join(result.heads)}\n")
-        if result.unknown:
-            out.write(f"unknown: {', '.join(result.unknown)} (database ahead of the code)\n")
-        out.write(f"pending: {len(result.pending)}\n")
-        for rev in result.pending:
-            out.write(f"  {rev.revision}  {rev.message}\n")
-    _ahead(m, result)
-    return ExitCode.PENDING if result.pending else ExitCode.OK
+        for state in states:
+            if len(states) > 1:
+                out.write(f"target:  {state['target']}\n")
+            out.write(f"current: {', '.join(state['current']) or '(base)'}\n")
+            out.write(f"head:    {', '.join(state['head'])}\n")
+            if state["unknown"]:
+                out.write(f"unknown: {', '.join(state['unknown'])} (database ahead of the code)\n")
+            out.write(f"pending: {len(state['pending'])}\n")
+            for rev in state["pending"]:
+                out.write(f"  {rev['revision']}  {rev['message']}\n")
+    return ExitCode.PENDING if any(s["pending"] for s in states) else ExitCode.OK
 
 
-def _wait(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
-    result = m.wait()
-    _record_state(report, result)
-    _ahead(m, result)
+def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    """Block until every target is at head, bounded by MIGRATION_WAIT_TIMEOUT."""
+    script = run.script
+    timeout = run.settings.wait_timeout
+    started = time.monotonic()
+
+    def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        target = _current(run)
+        conn = target.adopted.conn
+        announced = False
+        while True:
+            target.heads = tuple(heads)
+            target.unknown = run.graph.unknown(target.heads)
+            if target.unknown:
+                break  # a newer deploy already migrated past this code: nothing to wait for
+            pending = [describe_step(s) for s in upgrade_steps(script, "head", heads)]
+            if not pending:
+                break
+            waited = time.monotonic() - started
+            if not announced:
+                log.info(
+                    "wait_started",
+                    target=target.label,
+                    current=list(heads),
+                    head=list(run.graph.heads),
+                    timeout_s=timeout,
+                )
+                announced = True
+            if waited >= timeout:
+                raise WaitTimeout(
+                    f"{target.label}: database not at head after {waited:.1f}s "
+                    f"(at {','.join(heads) or 'base'}, {len(pending)} pending)",
+                    waited_s=round(waited, 3),
+                )
+            if not target.adopted.external and conn.in_transaction():
+                # Never sit in a transaction while waiting: it would hold back the
+                # runner's CREATE INDEX CONCURRENTLY, and idle-in-transaction timeouts.
+                conn.rollback()
+            run.cancel.sleep(min(1.0, timeout - waited))
+            heads = run.read_heads(target)
+        target.report.outcome = "database_ahead" if target.unknown else "up_to_date"
+        return []
+
+    run.drive(Work("wait", fn, target="head"))
+    run.report.settle_outcome()
     return ExitCode.OK
 
 
-def _plan(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
+def plan(run: Run, args: argparse.Namespace, out: TextIO) -> int:
     if args.sql:
-        m.plan_sql(args.revision, out)
-        return ExitCode.OK
-    result = m.check(args.revision)
-    _record_state(report, result)
-    _ahead(m, result)
+        return _plan_sql(run, args.revision, out)
+    _no_range(args.revision, "plan (without --sql)")
+    run.drive(_observe(run, args.revision))
+    run.report.settle_outcome()
+    pending = [p for t in run.targets for p in t.pending]
     if args.json:
-        _json([vars(p) for p in result.pending], out)
+        _json([p.public() for p in pending], out)
     else:
-        for rev in result.pending:
+        for rev in pending:
             out.write(
                 f"{rev.revision}  {rev.down_revision or '(base)'} -> {rev.revision}  "
                 f"{rev.message}\n"
@@ -132,32 +216,69 @@ def _plan(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO)
     return ExitCode.OK
 
 
-def _current(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
-    result = m.check()
-    _record_state(report, result)
-    if args.json:
-        _json(
-            {
-                "current": list(result.current),
-                "head": list(result.heads),
-                "up_to_date": result.up_to_date,
-            },
-            out,
-        )
+def _plan_sql(run: Run, revision: str, out: TextIO) -> int:
+    """The SQL `upgrade` would run, from Alembic's offline mode (`alembic upgrade --sql`):
+    from the database's current revision, or over `FROM:TO` as given (no database)."""
+    if ":" in revision:
+        starting, destination = revision.split(":", 1)
     else:
-        for rev in result.current or ("(base)",):
-            suffix = " (head)" if rev in result.heads else ""
-            out.write(f"{rev}{suffix}\n")
+        run.drive(_observe(run, revision))
+        if len(run.targets) > 1:
+            raise UsageError("plan --sql covers one database; this env.py configures several")
+        target = run.targets[0]
+        if target.unknown:
+            raise DatabaseAhead(target.unknown)
+        if not target.pending:
+            out.write("-- database is at head; nothing to apply\n")
+            return ExitCode.OK
+        if len(target.heads) > 1:
+            raise UsageError("plan --sql needs a database with at most one head")
+        starting = target.heads[0] if target.heads else None  # type: ignore[assignment]
+        destination = revision
+    script = run.script
+    run.config.output_buffer = out
+
+    def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        return upgrade_steps(script, destination, heads)
+
+    run.drive(
+        Work(
+            "plan",
+            fn,
+            as_sql=True,
+            starting_rev=starting or None,
+            destination_rev=destination,
+            target=destination,
+        )
+    )
     return ExitCode.OK
 
 
-def _history(m: Migrator, args: argparse.Namespace, report: RunReport, out: TextIO) -> int:
-    revisions = m.graph.history()
+def current(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    run.drive(_observe(run, "heads"))
+    run.report.settle_outcome()
+    states = _states(run)
     if args.json:
-        _json([vars(r) for r in revisions], out)
+        shown = [{k: s[k] for k in ("target", "current", "head", "up_to_date")} for s in states]
+        _json(shown[0] if len(shown) == 1 else shown, out)
+    else:
+        for state in states:
+            prefix = f"{state['target']}: " if len(states) > 1 else ""
+            for rev in state["current"] or ["(base)"]:
+                suffix = " (head)" if rev in state["head"] else ""
+                out.write(f"{prefix}{rev}{suffix}\n")
+    return ExitCode.OK
+
+
+def history(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    """As `alembic history`: the scripts alone, env.py is not run."""
+    revisions = run.graph.history()
+    heads = run.graph.heads
+    if args.json:
+        _json([r.public() for r in revisions], out)
     else:
         for rev in revisions:
-            head = " (head)" if rev.revision in m.graph.heads else ""
+            head = " (head)" if rev.revision in heads else ""
             out.write(f"{rev.down_revision or '<base>'} -> {rev.revision}{head}, {rev.message}\n")
     return ExitCode.OK
 
@@ -167,13 +288,13 @@ def _json(data: Any, out: TextIO) -> None:
     out.flush()
 
 
-_COMMANDS = {
-    "upgrade": _upgrade,
-    "downgrade": _downgrade,
-    "stamp": _stamp,
-    "check": _check,
-    "wait": _wait,
-    "plan": _plan,
-    "current": _current,
-    "history": _history,
+COMMANDS = {
+    "upgrade": upgrade,
+    "downgrade": downgrade,
+    "stamp": stamp,
+    "check": check,
+    "wait": wait,
+    "plan": plan,
+    "current": current,
+    "history": history,
 }

@@ -1,21 +1,31 @@
-"""The one database connection a run uses: opened with a bounded retry, tuned for safety,
-cancellable from the signal handler, and errors classified into the runner's error types.
+"""Connections: how every connection of a run is opened, tuned, cancelled and understood.
 
-The engine uses `NullPool`: closing the connection really closes it, so no pooled
-connection can keep a session-level advisory lock alive after the run released it.
+The runner does not open the connections that migrate: env.py does, exactly as under plain
+Alembic. This module owns what the runner adds to them:
+- `RetryingConnects`: for the length of a run, every connection the process opens (env.py's,
+  through whatever engine it builds) retries transient failures for up to the connect timeout,
+  and a PostgreSQL connection gets TCP keepalives, a connect timeout per attempt and an
+  `application_name`, unless env.py chose its own;
+- `apply_session_settings`: the safety settings of a connection env.py handed to `configure()`,
+  recorded first so that `restore` puts back what env.py had;
+- `cancel_function`: how to interrupt a statement running on such a connection from the signal
+  handler's thread;
+- `classify`: database errors as the runner's error types.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from runner import redact
@@ -23,12 +33,12 @@ from runner.cancel import CancelToken, in_background
 from runner.errors import (
     ConfigError,
     DatabaseUnavailable,
+    DdlLockTimeout,
+    MigrationFailed,
     PermissionDenied,
     RunnerError,
 )
-from runner.urls import DatabaseUrl
-
-log = structlog.get_logger("runner")
+from runner.logs import log
 
 APPLICATION_NAME = "migration-runner"
 
@@ -39,7 +49,6 @@ QUERY_CANCELED = "57014"
 READ_ONLY_TRANSACTION = "25006"
 INSUFFICIENT_PRIVILEGE = "42501"
 _AUTH_CODES = {"28P01", "28000"}
-_UNAVAILABLE_PREFIXES = ("08", "57P")  # connection exceptions; admin shutdown/crash/cannot connect
 _MYSQL_SQLSTATE = {
     1045: "28000",  # access denied for user
     1044: "42501",  # access denied to database
@@ -55,14 +64,26 @@ _MYSQL_SQLSTATE = {
     1290: READ_ONLY_TRANSACTION,  # --read-only
     1792: READ_ONLY_TRANSACTION,  # read-only transaction
 }
+#: libpq drivers: they take the same keyword connection parameters.
+_LIBPQ_DRIVERS = ("psycopg2", "psycopg")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SessionSettings:
     ddl_lock_timeout_s: float
     statement_timeout_s: float
     idle_in_transaction_timeout_s: float
-    connect_attempt_timeout_s: float = 10.0
+
+
+def backend_of(conn: Connection) -> str:
+    """`postgresql`, `mysql`, `mariadb` or `sqlite`."""
+    dialect = conn.dialect
+    if dialect.name == "mysql" and getattr(dialect, "is_mariadb", False):
+        return "mariadb"
+    return str(dialect.name)
+
+
+# -- errors ------------------------------------------------------------------------------
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -90,8 +111,8 @@ def one_line(exc: BaseException) -> str:
     for line in text_.splitlines():
         line = line.strip()
         if line:
-            for prefix in ("FATAL:", "ERROR:", "connection to server"):
-                if line.startswith(prefix) and prefix != "connection to server":
+            for prefix in ("FATAL:", "ERROR:"):
+                if line.startswith(prefix):
                     line = line[len(prefix) :].strip()
             return redact.redact(line)
     return type(orig).__name__
@@ -128,183 +149,330 @@ def classify_connect_error(exc: BaseException, target: str) -> RunnerError | Non
     return None
 
 
-def make_engine(
-    db: DatabaseUrl, session: SessionSettings, cancel: CancelToken, creator: Any = None
-) -> Engine:
-    """`creator`: hand SQLAlchemy an already open DBAPI connection (the fast path's, which
-    holds the migration lock) instead of opening a new one."""
-    connect_args: dict[str, Any] = {}
-    backend = db.backend
-    if backend == "postgresql":
-        connect_args = {
-            "application_name": APPLICATION_NAME,
-            "connect_timeout": max(2, int(session.connect_attempt_timeout_s)),
-            # Notice a dead peer (blackholed network, crashed host) within ~30 s, not hours.
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
-        }
-    elif backend in ("mysql", "mariadb"):
-        connect_args = {
-            "connect_timeout": max(2, int(session.connect_attempt_timeout_s)),
-            "read_timeout": None,
-        }
-    extra: dict[str, Any] = {"creator": creator} if creator is not None else {}
-    engine = create_engine(
-        db.url,
-        poolclass=NullPool,
-        **extra,
-        hide_parameters=True,  # bind parameters never reach a log line or an error message
-        connect_args=connect_args,
+def _is_connection_failure(exc: DBAPIError, state: str | None, backend: str) -> bool:
+    # A psycopg error with no SQLSTATE is a connection-level failure (refused, reset...);
+    # SQLite reports SQL errors ("table exists") as OperationalError without one.
+    return bool(
+        exc.connection_invalidated
+        or (state or "").startswith(("08", "57P"))
+        or (state is None and isinstance(exc, OperationalError) and backend == "postgresql")
     )
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _stop_when_cancelled(*_: Any) -> None:
-        if not cancel.cleaning_up:
-            cancel.check()
 
-    return engine
+def classify(exc: DBAPIError, backend: str, where: str = "", **fields: Any) -> RunnerError:
+    """A database error raised while migrating, as the runner's error (and exit code).
+    `where` prefixes the reason ("revision abc: "); `fields` go into the log line."""
+    state = sqlstate_of(exc)
+    reason = one_line(exc)
+    fields = {"sqlstate": state, **fields}
+    if _is_connection_failure(exc, state, backend):
+        return DatabaseUnavailable(f"{where}connection to the database lost: {reason}", **fields)
+    if state == LOCK_NOT_AVAILABLE:
+        return DdlLockTimeout(f"{where}{reason}", **fields)
+    if state == READ_ONLY_TRANSACTION:
+        return ConfigError(
+            f"{where}the database is read-only ({reason}); point "
+            "MIGRATION_DATABASE_URL at the primary",
+            **fields,
+        )
+    if state == INSUFFICIENT_PRIVILEGE:
+        return PermissionDenied(f"{where}{reason}", **fields)
+    permanent = classify_connect_error(exc, "the database")
+    if isinstance(permanent, PermissionDenied):
+        return permanent
+    if state == QUERY_CANCELED:
+        return MigrationFailed(f"{where}statement timeout: {reason}", **fields)
+    return MigrationFailed(f"{where}{reason}", **fields)
 
 
-def _cancel_function(conn: Connection, db: DatabaseUrl) -> Any:
-    """A callable that interrupts the statement running on `conn`, from any thread, and
-    returns at once."""
-    return in_background(_blocking_cancel_function(conn, db))
+# -- opening connections -----------------------------------------------------------------
 
 
-def _blocking_cancel_function(conn: Connection, db: DatabaseUrl) -> Any:
-    dbapi_conn: Any = conn.connection.dbapi_connection
-    if db.backend == "postgresql":
-        # Not psycopg2's `connection.cancel()`: it calls PQcancel while holding the GIL and
-        # PQcancel has no timeout, so with a silent network it froze the whole process, signal
-        # handler included. `pg_cancel_backend` over a short-lived connection with a connect
-        # timeout does the same job and gives up after a few seconds.
-        info = getattr(dbapi_conn, "info", None)
-        pid = getattr(info, "backend_pid", None) or dbapi_conn.get_backend_pid()
+@dataclass
+class ConnectFailure:
+    """The last connection that could not be opened within the connect timeout."""
 
-        def cancel_backend() -> None:
-            killer = create_engine(
-                db.url,
-                poolclass=NullPool,
-                connect_args={
-                    "connect_timeout": 3,
-                    "application_name": f"{APPLICATION_NAME}-cancel",
-                },
-            )
+    error: BaseException
+    display: str
+    attempts: int
+    waited_s: float
+
+
+@dataclass
+class RetryingConnects:
+    """While active, every connection the process opens retries transient failures for up to
+    `timeout_s` (bounded, jittered backoff), whichever engine opens it: env.py's engines are
+    built by the project, so the retry hooks into SQLAlchemy itself (`do_connect`), not into
+    an engine of the runner's. The error that ends the retry is env.py's to see, unchanged."""
+
+    timeout_s: float
+    cancel: CancelToken
+    last_failure: ConnectFailure | None = None
+    _active: bool = field(default=False, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def __enter__(self) -> RetryingConnects:
+        event.listen(Engine, "do_connect", self._connect)
+        self._active = True
+        self._thread = threading.current_thread()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if self._active:
+            event.remove(Engine, "do_connect", self._connect)
+            self._active = False
+
+    def _connect(
+        self, dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]
+    ) -> Any:
+        if dialect.name == "sqlite" or threading.current_thread() is not self._thread:
+            # A file: nothing to wait for. Another thread: a cancel request, which must not
+            # wait (nor stop because the run is being cancelled).
+            return None
+        if dialect.driver in _LIBPQ_DRIVERS:
+            _libpq_defaults(cparams, self.timeout_s)
+        display = _display(cparams)
+        started = time.monotonic()
+        attempt = 0
+        delay = 0.25
+        while True:
+            self.cancel.check()
+            attempt += 1
             try:
-                with killer.connect() as other:
-                    other.exec_driver_sql("SET statement_timeout = 3000")
-                    other.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": int(pid)})
-            finally:
-                killer.dispose()
+                conn = dialect.connect(*cargs, **cparams)
+            except Exception as exc:
+                waited = time.monotonic() - started
+                permanent = classify_connect_error(exc, display)
+                if permanent is not None or waited + delay > self.timeout_s:
+                    self.last_failure = ConnectFailure(exc, display, attempt, round(waited, 3))
+                    raise
+                if attempt == 1:
+                    log.info("database_waiting", target=display, reason=one_line(exc))
+                self.cancel.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
+                delay = min(delay * 2, 2.0)
+                continue
+            if attempt > 1:
+                log.info(
+                    "database_ready",
+                    target=display,
+                    attempts=attempt,
+                    waited_s=round(time.monotonic() - started, 3),
+                )
+            return conn
 
-        return cancel_backend
-    if db.backend == "sqlite" and hasattr(dbapi_conn, "interrupt"):
-        return dbapi_conn.interrupt
-    if db.backend in ("mysql", "mariadb"):
-        thread_id = dbapi_conn.thread_id()
+    def explain(self, exc: BaseException) -> RunnerError | None:
+        """The runner's error for `exc` when it is the one that ended a connect retry."""
+        failure = self.last_failure
+        orig = getattr(exc, "orig", exc)
+        if failure is None or orig is not failure.error:
+            return None
+        permanent = classify_connect_error(orig, failure.display)
+        if permanent is not None:
+            return permanent
+        return DatabaseUnavailable(
+            f"database at {failure.display} not reachable within {self.timeout_s:g}s: "
+            f"{one_line(orig)}",
+            attempts=failure.attempts,
+            waited_s=failure.waited_s,
+        )
 
-        def kill_query() -> None:
-            killer = create_engine(db.url, poolclass=NullPool)
-            try:
-                with killer.connect() as other:
-                    other.exec_driver_sql(f"KILL QUERY {int(thread_id)}")
-            finally:
-                killer.dispose()
 
-        return kill_query
+def _libpq_defaults(cparams: dict[str, Any], timeout_s: float) -> None:
+    # Notice a dead peer (blackholed network, crashed host) within ~30 s, not hours; give each
+    # attempt its own bound; name the session so an operator can find it in pg_stat_activity.
+    cparams.setdefault("application_name", APPLICATION_NAME)
+    cparams.setdefault("connect_timeout", max(2, min(10, int(timeout_s) or 2)))
+    cparams.setdefault("keepalives", 1)
+    cparams.setdefault("keepalives_idle", 10)
+    cparams.setdefault("keepalives_interval", 5)
+    cparams.setdefault("keepalives_count", 3)
+
+
+def _display(cparams: dict[str, Any]) -> str:
+    host = cparams.get("host") or cparams.get("unix_socket") or "localhost"
+    port = f":{cparams['port']}" if cparams.get("port") else ""
+    database = cparams.get("dbname") or cparams.get("database") or cparams.get("db") or ""
+    return f"{host}{port}/{database}"
+
+
+def runner_engine(url: URL) -> Engine:
+    """An engine for the runner's own short statements (a cancel request, a pooler probe): no
+    pool, so closing really closes; bind parameters never reach a log line."""
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql":
+        connect_args = {"connect_timeout": 3, "application_name": f"{APPLICATION_NAME}-aux"}
+    elif url.get_backend_name() in ("mysql", "mariadb"):
+        connect_args = {"connect_timeout": 3}
+    return create_engine(url, poolclass=NullPool, hide_parameters=True, connect_args=connect_args)
+
+
+def sync_url(conn: Connection) -> URL:
+    """The URL of `conn`'s engine with a synchronous driver, for a second connection to the
+    same server from another thread (an async env.py's engine cannot be used from there)."""
+    url = conn.engine.url
+    backend = url.get_backend_name()
+    driver = {"postgresql": "psycopg2", "mysql": "pymysql", "mariadb": "pymysql"}.get(backend)
+    if driver is None or not conn.dialect.is_async:
+        return url
+    return url.set(drivername=f"{backend}+{driver}")
+
+
+# -- the safety settings of an adopted connection ----------------------------------------
+
+
+def _execute(conn: Connection, sql: str, commit: bool) -> Any:
+    result = conn.exec_driver_sql(sql)
+    value = result.first() if result.returns_rows else None
+    if commit:
+        conn.commit()
+    return value
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """Who a connection is on its server: for the lock key, the cancel channel, messages."""
+
+    server_id: int | None
+    database: str
+    #: The schema an unqualified version table lands in (PostgreSQL's `current_schema()`).
+    default_schema: str
+
+
+def session_facts(conn: Connection, backend: str, commit: bool) -> SessionFacts:
+    if backend == "postgresql":
+        row = _execute(
+            conn,
+            "SELECT pg_backend_pid(), current_database(), coalesce(current_schema(), '')",
+            commit,
+        )
+        return SessionFacts(int(row[0]), str(row[1]), str(row[2]))
+    if backend in ("mysql", "mariadb"):
+        row = _execute(conn, "SELECT CONNECTION_ID(), coalesce(DATABASE(), '')", commit)
+        return SessionFacts(int(row[0]), str(row[1]), "")
+    database = conn.engine.url.database or ""
+    return SessionFacts(None, os.path.abspath(database) if database else "", "")
+
+
+def apply_session_settings(
+    conn: Connection, backend: str, session: SessionSettings, commit: bool
+) -> Callable[[], None]:
+    """Set the runner's safety settings on `conn` and return what puts env.py's back.
+    `commit`: False when env.py keeps the connection in a transaction of its own (the SETs
+    then belong to that transaction; the runner never commits env.py's work)."""
+    if backend == "postgresql":
+        return _postgres_settings(conn, session, commit)
+    if backend in ("mysql", "mariadb"):
+        return _mysql_settings(conn, backend, session, commit)
     return lambda: None
 
 
-def connect(
-    engine: Engine,
-    db: DatabaseUrl,
-    session: SessionSettings,
-    timeout_s: float,
-    cancel: CancelToken,
-) -> Connection:
-    """Open the run's connection, retrying transient failures for up to `timeout_s` seconds."""
-    started = time.monotonic()
-    attempt = 0
-    delay = 0.25
-    while True:
-        cancel.check()
-        attempt += 1
-        try:
-            conn = engine.connect()
-        except DBAPIError as exc:
-            permanent = classify_connect_error(exc, db.display)
-            if permanent is not None:
-                raise permanent from None
-            waited = time.monotonic() - started
-            if waited + delay > timeout_s:
-                raise DatabaseUnavailable(
-                    f"database at {db.display} not reachable within {timeout_s:g}s: "
-                    f"{one_line(exc)}",
-                    attempts=attempt,
-                    waited_s=round(waited, 3),
-                ) from None
-            if attempt == 1:
-                log.info("database_waiting", target=db.display, reason=one_line(exc))
-            cancel.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
-            delay = min(delay * 2, 2.0)
-            continue
-        try:
-            _prepare_session(conn, db, session)
-        except BaseException:
-            conn.close()
-            raise
-        cancel.on_cancel(_cancel_function(conn, db))
-        if attempt > 1:
-            log.info(
-                "database_ready", attempts=attempt, waited_s=round(time.monotonic() - started, 3)
-            )
-        return conn
+def _postgres_settings(
+    conn: Connection, session: SessionSettings, commit: bool
+) -> Callable[[], None]:
+    wanted: dict[str, str] = {
+        # DDL never queues behind a long transaction for longer than this.
+        "lock_timeout": f"{int(session.ddl_lock_timeout_s * 1000)}",
+        # Each revision commits on its own; waiting for a WAL flush at each of them would cost
+        # one fsync per revision. The run flushes once before it reports success
+        # (`flush_commits`), so what `run_finished` reports as applied is durable.
+        "synchronous_commit": "off",
+        # Server side of the keepalives: a partitioned runner's session (and its advisory
+        # lock) is dropped in about 25 s instead of the kernel's two hours.
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+    }
+    if session.statement_timeout_s:
+        wanted["statement_timeout"] = f"{int(session.statement_timeout_s * 1000)}"
+    if session.idle_in_transaction_timeout_s:
+        wanted["idle_in_transaction_session_timeout"] = (
+            f"{int(session.idle_in_transaction_timeout_s * 1000)}"
+        )
+    if (conn.dialect.server_version_info or (0,)) >= (14,):
+        # Lets the server notice a vanished client (SIGKILL, cut network) mid-statement and
+        # release the advisory lock, instead of running on until the statement ends.
+        wanted["client_connection_check_interval"] = "2000"
+    names = list(wanted)
+    select = ", ".join(f"current_setting('{name}')" for name in names)
+    sets = "; ".join(f"SET {name} = '{value}'" for name, value in wanted.items())
+    row = conn.exec_driver_sql(f"SELECT {select}").first()
+    _execute(conn, sets, commit)
+    before = dict(zip(names, row or (), strict=False))
+
+    def restore() -> None:
+        resets = "; ".join(
+            f"SET {name} = '{str(value).replace(chr(39), chr(39) * 2)}'"
+            for name, value in before.items()
+        )
+        _execute(conn, resets, commit)
+
+    return restore
+
+
+def _mysql_settings(
+    conn: Connection, backend: str, session: SessionSettings, commit: bool
+) -> Callable[[], None]:
+    wanted = {"lock_wait_timeout": str(max(1, int(session.ddl_lock_timeout_s)))}
+    if session.statement_timeout_s:
+        if backend == "mariadb":
+            wanted["max_statement_time"] = f"{session.statement_timeout_s:g}"
+        else:
+            wanted["max_execution_time"] = str(int(session.statement_timeout_s * 1000))
+    names = list(wanted)
+    row = conn.exec_driver_sql("SELECT " + ", ".join(f"@@SESSION.{n}" for n in names)).first()
+    before = dict(zip(names, row or (), strict=False))
+    _execute(conn, ", ".join(f"SET SESSION {n} = {v}" for n, v in wanted.items()), commit)
+
+    def restore() -> None:
+        _execute(conn, "SET " + ", ".join(f"SESSION {n} = {v}" for n, v in before.items()), commit)
+
+    return restore
 
 
 def flush_commits(conn: Connection) -> None:
     """Make every earlier asynchronous commit durable: committing a transaction that has a
     transaction id with synchronous_commit on waits for the WAL flush up to that point."""
-    conn.exec_driver_sql("SET synchronous_commit = on")
-    conn.exec_driver_sql("SELECT txid_current()")
+    conn.exec_driver_sql("SET synchronous_commit = on; SELECT txid_current()")
     conn.commit()
 
 
-def _prepare_session(conn: Connection, db: DatabaseUrl, session: SessionSettings) -> None:
-    """Session limits that keep a migration from freezing the database (PostgreSQL)."""
-    if db.backend == "postgresql":
-        version = conn.dialect.server_version_info or (0,)
-        statements = [
-            f"SET lock_timeout = {int(session.ddl_lock_timeout_s * 1000)}",
-            f"SET statement_timeout = {int(session.statement_timeout_s * 1000)}",
-            "SET idle_in_transaction_session_timeout = "
-            f"{int(session.idle_in_transaction_timeout_s * 1000)}",
-            # Each revision commits on its own; waiting for a WAL flush at each of them would
-            # cost one fsync per revision. The run flushes once before it reports success
-            # (`flush_commits`), so what `run_finished` reports as applied is durable.
-            "SET synchronous_commit = off",
-            # Server side of the keepalives: a partitioned runner's session (and its advisory
-            # lock) is dropped in about 25 s instead of the kernel's two hours.
-            "SET tcp_keepalives_idle = 10",
-            "SET tcp_keepalives_interval = 5",
-            "SET tcp_keepalives_count = 3",
-        ]
-        if version >= (14,):
-            # Lets the server notice a vanished client (SIGKILL, cut network) mid-statement
-            # and release the advisory lock, instead of running on until the statement ends.
-            statements.append("SET client_connection_check_interval = 2000")
-        conn.exec_driver_sql("; ".join(statements))
-        conn.commit()
-    elif db.backend in ("mysql", "mariadb"):
-        if session.statement_timeout_s:
-            variable = "max_statement_time" if db.backend == "mariadb" else "max_execution_time"
-            value = (
-                session.statement_timeout_s
-                if variable == "max_statement_time"
-                else int(session.statement_timeout_s * 1000)
-            )
-            conn.exec_driver_sql(f"SET SESSION {variable} = {value}")
-        lock_wait = max(1, int(session.ddl_lock_timeout_s))
-        conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {lock_wait}")
-        conn.commit()
+# -- cancelling a statement from another thread ------------------------------------------
+
+
+def cancel_function(conn: Connection, backend: str, server_id: int | None) -> Callable[[], None]:
+    """A callable that interrupts the statement running on `conn`, from any thread, and
+    returns at once (the request runs in a background thread: see `in_background`).
+    `server_id`: the backend PID (PostgreSQL) or connection id (MySQL) of `conn`."""
+    if backend == "postgresql" and server_id:
+        # Not the driver's own cancel: psycopg2 calls PQcancel while holding the GIL and
+        # PQcancel has no timeout, so with a silent network it froze the whole process, signal
+        # handler included. `pg_cancel_backend` over a short-lived connection with a connect
+        # timeout does the same job and gives up after a few seconds.
+        sql = f"SET statement_timeout = 3000; SELECT pg_cancel_backend({int(server_id)})"
+        return in_background(_on_new_connection(sync_url(conn), sql))
+    if backend in ("mysql", "mariadb") and server_id:
+        return in_background(_on_new_connection(sync_url(conn), f"KILL QUERY {int(server_id)}"))
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    if backend == "sqlite" and hasattr(dbapi_conn, "interrupt"):
+        return in_background(dbapi_conn.interrupt)
+    return lambda: None
+
+
+def _on_new_connection(url: URL, sql: str) -> Callable[[], None]:
+    def run() -> None:
+        engine = runner_engine(url)
+        try:
+            with engine.connect() as other:
+                other.exec_driver_sql(sql)
+        finally:
+            engine.dispose()
+
+    return run
+
+
+def quiet(fn: Callable[[], Any], event_name: str) -> None:
+    """Run a best-effort step of cleanup: a failure is logged at debug level, never raised."""
+    try:
+        fn()
+    except Exception as exc:
+        log.debug(event_name, reason=one_line(exc))

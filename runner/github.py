@@ -12,13 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
-import structlog
-
 from runner.errors import ExitCode
+from runner.logs import log
 from runner.observers import NullObserver
 from runner.report import RunReport
-
-log = structlog.get_logger("runner")
 
 ANNOTATION_TITLE = "migration-runner"
 

@@ -22,17 +22,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-import structlog
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from runner.errors import ConfigError, ExitCode, RunnerError
+from runner.logs import log
 from runner.observers import NullObserver, RunObserver
 from runner.report import RunReport
 from runner.settings import Settings
-
-log = structlog.get_logger("runner")
 
 #: (connect, read) seconds allowed to every API call, so an unreachable API server cannot
 #: stall a migration for longer than this.

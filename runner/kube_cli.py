@@ -28,15 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-import structlog
 import yaml
 
 from runner.errors import ConfigError, ExitCode, RunnerError, UsageError
+from runner.logs import log
 
 if TYPE_CHECKING:
     from runner.kube import JobStatus, KubeJobs, PodStatus
 
-log = structlog.get_logger("runner")
 
 #: Kubernetes label values (and so Job names, which become the `job-name` pod label) max out at 63.
 MAX_JOB_NAME = 63

@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from runner.cancel import CancelToken
 from runner.errors import ConfigError, LockTimeout
@@ -36,21 +36,41 @@ class MigrationLock(Protocol):
 
     def release(self) -> None: ...
 
+    def release_raw(self, dbapi_connection: Any) -> None:
+        """Release through the DBAPI connection itself, after env.py closed the SQLAlchemy
+        connection that held the lock: a pooled connection keeps its session, and with it
+        a session-level lock, until the pool closes it."""
+
 
 def _short_statement(conn: Connection, sql: str, params: Mapping[str, object]) -> object:
     """One statement in its own transaction, committed at once: a poll never leaves the
     session idle in a transaction. On failure, roll back and re-raise the original error: a
-    commit in `finally` would replace "connection lost" with SQLAlchemy's PendingRollbackError."""
+    commit in `finally` would replace "connection lost" with SQLAlchemy's PendingRollbackError.
+    When env.py holds the connection in a transaction of its own, the statement runs inside
+    it and nothing is committed or rolled back: that transaction is env.py's to end."""
     from sqlalchemy import text
 
+    owned = not conn.in_transaction()
     try:
         value = conn.execute(text(sql), params).scalar()
     except BaseException:
-        with contextlib.suppress(Exception):
-            conn.rollback()
+        if owned:
+            with contextlib.suppress(Exception):
+                conn.rollback()
         raise
-    conn.commit()
+    if owned:
+        conn.commit()
     return value
+
+
+def _raw_statement(dbapi_connection: Any, sql: str) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+        cursor.fetchall()
+    finally:
+        cursor.close()
+    dbapi_connection.rollback()  # end the transaction the driver may have begun
 
 
 def derive_key(database: str, schema: str | None, table: str) -> int:
@@ -62,12 +82,11 @@ def derive_key(database: str, schema: str | None, table: str) -> int:
 class PostgresAdvisoryLock:
     """A session-level advisory lock on the connection that runs the migrations."""
 
-    def __init__(self, conn: Connection, key: int, held: bool = False) -> None:
+    def __init__(self, conn: Connection, key: int) -> None:
         self.conn = conn
         self.key_int = key
         self.key = str(key)
-        # `held`: adopted from the fast path, which took the lock on this very connection.
-        self._held = held
+        self._held = False
 
     def _scalar(self, sql: str, **params: int) -> object:
         return _short_statement(self.conn, sql, params)
@@ -100,6 +119,11 @@ class PostgresAdvisoryLock:
 
         other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key_int})
         self._held = False
+
+    def release_raw(self, dbapi_connection: Any) -> None:
+        if self._held:
+            self._held = False
+            _raw_statement(dbapi_connection, f"SELECT pg_advisory_unlock({int(self.key_int)})")
 
 
 def backend_pid(conn: Connection, commit: bool = True) -> int:
@@ -134,6 +158,12 @@ class MySqlNamedLock:
             self._held = False
             self._scalar("SELECT RELEASE_LOCK(:name)")
 
+    def release_raw(self, dbapi_connection: Any) -> None:
+        if self._held:
+            self._held = False
+            # The name is the runner's own hex digest: safe as a literal.
+            _raw_statement(dbapi_connection, f"SELECT RELEASE_LOCK('{self.key}')")
+
 
 class SqliteFileLock:
     """An exclusive `flock` on `<database>.migration-lock` next to the database file."""
@@ -166,6 +196,9 @@ class SqliteFileLock:
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+    def release_raw(self, dbapi_connection: Any) -> None:
+        self.release()  # a file lock: no connection involved
 
 
 def lock_for(conn: Connection, backend: str, database: str, key: int) -> MigrationLock:

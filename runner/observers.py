@@ -10,11 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import structlog
-
+from runner.logs import log
 from runner.report import AppliedRevision, RunReport
-
-log = structlog.get_logger("runner")
 
 
 class RunObserver(Protocol):

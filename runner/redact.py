@@ -6,7 +6,9 @@ This is the backstop behind the first line of defence (URLs are only ever render
 
 from __future__ import annotations
 
+import io
 import re
+from typing import TextIO
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -51,3 +53,39 @@ def redact(text: str) -> str:
 def forget_all() -> None:
     """For tests: start from an empty registry."""
     _secrets.clear()
+
+
+class MaskedStream(io.TextIOBase):
+    """A text stream that masks secrets line by line before writing to `target`: what the
+    project prints (`print()`, a handler on `sys.stderr`) passes the same masking as the
+    runner's own events."""
+
+    def __init__(self, target: TextIO) -> None:
+        self._target = target
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            complete, _, self._pending = self._pending.rpartition("\n")
+            self._target.write(redact(complete) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._target.write(redact(self._pending))
+            self._pending = ""
+        self._target.flush()
+
+    def isatty(self) -> bool:
+        return self._target.isatty()
+
+    def fileno(self) -> int:
+        return self._target.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._target, "encoding", "utf-8")

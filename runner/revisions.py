@@ -1,15 +1,21 @@
 """The project's Alembic configuration and revision graph. Never opens a database connection.
 
-Alembic owns the graph; this module loads it, turns Alembic's complaints into the runner's
-errors, and answers the questions the orchestrator asks (heads, unknown revisions, pending).
+Alembic owns the graph. The runner asks it the way Alembic's own commands do: through the
+`ScriptDirectory` that env.py sees as `context.script`, *after* env.py has run, because env.py
+may change it (a project that sets `context.script.version_locations` per dialect). This module
+builds the `Config` as Alembic's command line would, and turns the graph's answers and
+complaints into the runner's terms.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,13 +28,65 @@ from runner.errors import ConfigError, GraphError, MultipleHeads, UsageError
 
 @dataclass(frozen=True)
 class PendingRevision:
+    """One step of a plan: a revision to apply (or to undo, or a stamp)."""
+
     revision: str
     down_revision: str | None
     message: str
+    #: `upgrade`, `downgrade` or `stamp`.
+    kind: str = "upgrade"
+    #: The revision file, when the step runs one.
+    path: str | None = None
 
     @classmethod
-    def of(cls, script: Script) -> PendingRevision:
-        return cls(script.revision, _joined(script.down_revision), (script.doc or "").strip())
+    def of(cls, script: Script, kind: str = "upgrade") -> PendingRevision:
+        return cls(
+            script.revision,
+            _joined(script.down_revision),
+            (script.doc or "").strip(),
+            kind,
+            script.path,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The fields `plan --json` and `check --json` print."""
+        out = {k: v for k, v in asdict(self).items() if k in ("revision", "down_revision")}
+        out["message"] = self.message
+        if self.kind != "upgrade":
+            out["kind"] = self.kind
+        return out
+
+
+def describe_step(step: Any) -> PendingRevision:
+    """An Alembic migration step (`RevisionStep` or `StampStep`) in the runner's terms."""
+    script = getattr(step, "revision", None)
+    if isinstance(script, Script):
+        return PendingRevision.of(script, "upgrade" if step.is_upgrade else "downgrade")
+    return PendingRevision(
+        ",".join(step.to_revisions_no_deps) or "base",
+        ",".join(step.from_revisions_no_deps) or None,
+        "stamp",
+        "stamp",
+    )
+
+
+# The steps Alembic's own `upgrade`, `downgrade` and `stamp` commands run (alembic/command.py
+# calls these private methods the same way); typed here once, since Alembic's annotations say
+# `str` where the command passes the tuple of current heads.
+
+
+def upgrade_steps(script: ScriptDirectory, destination: str, heads: tuple[str, ...]) -> list[Any]:
+    return list(script._upgrade_revs(destination, cast(Any, heads)))  # noqa: SLF001
+
+
+def downgrade_steps(script: ScriptDirectory, destination: str, heads: tuple[str, ...]) -> list[Any]:
+    return list(script._downgrade_revs(destination, cast(Any, heads)))  # noqa: SLF001
+
+
+def stamp_steps(
+    script: ScriptDirectory, destinations: tuple[str, ...], heads: tuple[str, ...]
+) -> list[Any]:
+    return list(script._stamp_revs(destinations, heads))  # noqa: SLF001
 
 
 def _joined(value: str | tuple[str, ...] | list[str] | None) -> str | None:
@@ -37,20 +95,47 @@ def _joined(value: str | tuple[str, ...] | list[str] | None) -> str | None:
     return value if isinstance(value, str) else ",".join(value)
 
 
-def load_config(config_path: Path, script_location: str | None) -> Config:
-    """The Alembic `Config`: from alembic.ini, or from a script location alone."""
-    if config_path.is_file():
-        cfg = Config(str(config_path))
-    elif script_location:
-        cfg = Config()
+def load_config(
+    config_path: Path,
+    script_location: str | None,
+    ini_section: str = "alembic",
+    x_args: tuple[str, ...] = (),
+    tag: str | None = None,
+) -> Config:
+    """The Alembic `Config` as `alembic -c INI -n SECTION -x ... --tag ...` builds it, with
+    `[tool.alembic]` from `pyproject.toml` as Alembic's command line reads it (the file given,
+    or the one in the working directory)."""
+    cmd_opts = argparse.Namespace(
+        config=[str(config_path)],
+        name=ini_section,
+        x=list(x_args) or None,
+        tag=tag,
+        raiseerr=False,
+        quiet=False,
+    )
+    if config_path.name == "pyproject.toml":
+        ini, toml = None, config_path
     else:
-        raise ConfigError(
-            f"alembic.ini not found at {config_path} (set MIGRATION_CONFIG to its path, or "
-            "MIGRATION_SCRIPT_LOCATION to the migrations directory)",
-            path=str(config_path),
-        )
+        ini, toml = config_path, Path("pyproject.toml")
+    cfg = Config(
+        str(ini) if ini is not None and ini.is_file() else None,
+        toml_file=str(toml),
+        ini_section=ini_section,
+        cmd_opts=cmd_opts,
+    )
     if script_location:
         cfg.set_main_option("script_location", script_location.replace("%", "%%"))
+    elif not cfg.get_alembic_option("script_location"):
+        if cfg.config_file_name is None and not cfg.toml_alembic_config:
+            raise ConfigError(
+                f"{config_path} not found (set MIGRATION_CONFIG to the path of alembic.ini, "
+                "or MIGRATION_SCRIPT_LOCATION to the migrations directory)",
+                path=str(config_path),
+            )
+        raise ConfigError(
+            f"{config_path} names no script_location (section [{ini_section}])",
+            path=str(config_path),
+        )
     return cfg
 
 
@@ -59,21 +144,35 @@ def set_database_url(cfg: Config, url: str) -> None:
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
 
 
-class RevisionGraph:
-    """A loaded `ScriptDirectory`, with load errors reported once and clearly."""
+def open_script_directory(cfg: Config) -> ScriptDirectory:
+    """The project's `ScriptDirectory`, with no revision loaded yet (env.py may still move
+    the version locations)."""
+    try:
+        script = ScriptDirectory.from_config(cfg)
+    except CommandError as exc:
+        raise ConfigError(f"cannot open the migration scripts: {exc}") from None
+    if not Path(script.dir, "env.py").is_file():
+        raise ConfigError(f"no env.py in the script directory {script.dir}")
+    return script
 
-    def __init__(self, cfg: Config) -> None:
-        try:
-            self.script = ScriptDirectory.from_config(cfg)
-        except CommandError as exc:
-            raise ConfigError(f"cannot open the migration scripts: {exc}") from None
-        env_py = Path(self.script.dir, "env.py")
-        if not env_py.is_file():
-            raise ConfigError(f"no env.py in the script directory {self.script.dir}")
-        self.env_py = env_py
-        self._load()
 
-    def _load(self) -> None:
+def is_async_env(script: ScriptDirectory) -> bool:
+    """True for an env.py made by `alembic init -t async` (it builds an async engine)."""
+    source = Path(script.dir, "env.py").read_text(encoding="utf-8", errors="replace")
+    return "async_engine_from_config" in source or "create_async_engine" in source
+
+
+class Graph:
+    """Questions about the revision graph, asked of the script directory as env.py left it."""
+
+    def __init__(self, script: ScriptDirectory) -> None:
+        self.script = script
+        self._loaded = False
+
+    def load(self) -> None:
+        """Load every revision once, turning load problems into one clear error."""
+        if self._loaded:
+            return
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -88,36 +187,22 @@ class RevisionGraph:
         duplicates = [str(w.message) for w in caught if "present more than once" in str(w.message)]
         if duplicates:
             raise GraphError(f"duplicate revision id: {duplicates[0]}", duplicates=duplicates)
-        self.heads: tuple[str, ...] = tuple(heads)
-        if not self.heads:
+        for warning in caught:  # what is not ours to judge goes on as it came
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+        if not heads:
             raise ConfigError(f"the script directory {self.script.dir} holds no revisions")
+        self._loaded = True
 
     @property
-    def is_async_env(self) -> bool:
-        """True for an env.py made by `alembic init -t async` (it builds an async engine)."""
-        source = self.env_py.read_text(encoding="utf-8", errors="replace")
-        return "async_engine_from_config" in source or "create_async_engine" in source
-
-    def single_head(self) -> str:
-        if len(self.heads) > 1:
-            raise MultipleHeads(list(self.heads))
-        return self.heads[0]
-
-    def resolve_target(self, target: str) -> str:
-        """`head` must mean one head; any other target must name a known revision."""
-        if target == "head":
-            self.single_head()
-            return target
-        if target in ("heads", "base"):
-            return target
-        try:
-            self.script.get_revisions(target)
-        except CommandError as exc:
-            raise UsageError(f"unknown revision {target!r}: {exc}") from None
-        return target
+    def heads(self) -> tuple[str, ...]:
+        self.load()
+        return tuple(self.script.get_heads())
 
     def unknown(self, db_heads: tuple[str, ...]) -> list[str]:
         """Revisions the database is at that this code does not know (app rolled back)."""
+        self.load()
         missing = []
         for rev in db_heads:
             try:
@@ -127,30 +212,34 @@ class RevisionGraph:
                 missing.append(rev)
         return missing
 
-    def pending(self, target: str, db_heads: tuple[str, ...]) -> list[PendingRevision]:
-        """What `upgrade target` would apply from `db_heads`, in application order."""
-        # `_upgrade_revs` is what `alembic upgrade` itself calls to plan its steps; using it
-        # keeps the graph walk Alembic's, including branches and merge points.
-        steps = self.script._upgrade_revs(target, cast(Any, db_heads))  # noqa: SLF001
-        return [PendingRevision.of(step.revision) for step in steps]
+    def check_target(self, target: str) -> None:
+        """`head` (alone or relative: `head-1`) needs one head; say so with the heads named,
+        as Alembic's own message does not."""
+        self.load()
+        base = target.split(":")[-1]
+        if base == "head" or (base.startswith("head") and base[4:5] in ("+", "-")):
+            heads = list(self.heads)
+            if len(heads) > 1:
+                raise MultipleHeads(heads)
 
-    def project_files(self) -> tuple[list[str], bool]:
-        """Directories whose .py files define the project (env.py's and the versions'), and
-        whether version locations are searched recursively."""
-        # `_version_locations` resolves `version_locations` exactly as Alembic loads them.
-        locations = [str(p) for p in self.script._version_locations]  # noqa: SLF001
-        return [str(Path(self.script.dir).absolute()), *locations], bool(
-            self.script.recursive_version_locations
-        )
-
-    def describe(self, revision: str) -> PendingRevision | None:
+    @contextmanager
+    def asking(self, target: str) -> Iterator[None]:
+        """Alembic's complaints about a revision argument, as the runner's errors."""
         try:
-            script = self.script.get_revision(revision)
-        except CommandError:
-            return None
-        return PendingRevision.of(script) if script is not None else None
+            yield
+        except CommandError as exc:
+            message = str(exc).splitlines()[0]
+            if "Multiple head" in message:
+                raise MultipleHeads(list(self.heads)) from None
+            if any(
+                phrase in message
+                for phrase in ("Can't locate revision", "No such revision", "not a valid", "is not")
+            ):
+                raise UsageError(f"revision {target!r}: {message}") from None
+            raise GraphError(message) from None
 
     def history(self) -> list[PendingRevision]:
+        self.load()
         return [PendingRevision.of(s) for s in self.script.walk_revisions()]
 
 

@@ -1,82 +1,102 @@
 """All settings, read from the environment (and `*_FILE` secrets); flags override them.
 
-With runner/environment.py (raw reads shared with the lock probe), the only code that reads
-`os.environ`. Every duration is a number of seconds and
-every setting has a default documented in the README's configuration table.
+The only code that reads `os.environ`. Every duration is a number of seconds and every
+setting has a default documented in the README's configuration table.
+
+Read by a small table (`_SPECS`: the variable, how to parse it, what to check), not by a
+settings library: every deploy pays this module's import, and pydantic-settings cost 0.3 s of
+CPU there, more than a third of what plain `alembic upgrade head` spends on a no-op.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from runner import environment, redact
+from runner import redact
 from runner.errors import ConfigError
 from runner.urls import DatabaseUrl, parse_database_url
 
-Seconds = float
+# Where the database URL may come from, highest priority first. `*_FILE` is how a Kubernetes
+# Secret or a Docker secret is mounted; the file's trailing CR/LF is stripped, nothing else.
+URL_SOURCES = (
+    "MIGRATION_DATABASE_URL",
+    "MIGRATION_DATABASE_URL_FILE",
+    "DATABASE_URL",
+    "DATABASE_URL_FILE",
+)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MIGRATION_", extra="forbid", populate_by_name=True, frozen=True
-    )
+class Secret:
+    """A value that never shows itself in a repr, a log line or an error message."""
 
-    database_url: SecretStr | None = Field(default=None, exclude=True)
-    database_url_source: str = Field(default="MIGRATION_DATABASE_URL", exclude=True)
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: Secret | None = None
+    database_url_source: str = "MIGRATION_DATABASE_URL"
     config: Path = Path("alembic.ini")
     script_location: str | None = None
-    connect_timeout: Seconds = Field(default=60.0, ge=0)
-    lock_timeout: Seconds = Field(default=300.0, ge=0)
-    ddl_lock_timeout: Seconds = Field(default=2.0, gt=0)
-    ddl_retry_budget: Seconds = Field(default=120.0, ge=0)
-    statement_timeout: Seconds = Field(default=0.0, ge=0)
-    idle_in_transaction_timeout: Seconds = Field(default=60.0, ge=0)
-    wait_timeout: Seconds = Field(default=300.0, ge=0)
-    lock_key: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    on_db_ahead: Literal["warn", "fail"] = "warn"
-    # The fast path answers "already at head" from a cache of Alembic's own answers, without
-    # importing Alembic or SQLAlchemy (see runner/fastpath.py). Off: always the full path.
-    fast_path: bool = True
-    cache_dir: Path | None = None
-    #: Digest of the environment the project's env.py sees (the database URL excluded): a
-    #: cached answer is reused only under the same environment. Computed, not configured.
-    environment_digest: str = Field(default="", exclude=True)
-    # Kubernetes (issue: the outcome visible in the cluster). Filled by the Downward API.
-    kube_events: Literal["auto", "on", "off"] = "auto"
+    #: The ini section env.py reads (`alembic -n NAME`).
+    ini_section: str = "alembic"
+    #: `alembic -x` values, read by env.py through `context.get_x_argument()`.
+    x_args: tuple[str, ...] = ()
+    #: `alembic --tag`, read by env.py through `context.get_tag_argument()`.
+    tag: str | None = None
+    #: Environment variables env.py reads its URL from (instead of `sqlalchemy.url`): the
+    #: runner sets each to its own database URL, so one Secret serves both.
+    export_url_as: tuple[str, ...] = ()
+    connect_timeout: float = 60.0
+    lock_timeout: float = 300.0
+    ddl_lock_timeout: float = 2.0
+    ddl_retry_budget: float = 120.0
+    statement_timeout: float = 0.0
+    idle_in_transaction_timeout: float = 60.0
+    wait_timeout: float = 300.0
+    lock_key: int | None = None
+    log_format: str = "auto"
+    log_level: str = "info"
+    on_db_ahead: str = "warn"
+    # Kubernetes (the outcome visible in the cluster). Filled by the Downward API.
+    kube_events: str = "auto"
     pod_name: str | None = None
     pod_namespace: str | None = None
     job_name: str | None = None
     termination_message_path: Path = Path("/dev/termination-log")
-    in_kubernetes: bool = Field(
-        default=False, validation_alias=AliasChoices("in_kubernetes", "KUBERNETES_SERVICE_HOST")
-    )
+    in_kubernetes: bool = False
     # GitHub Actions step summary and annotations.
-    github_actions: bool = Field(
-        default=False, validation_alias=AliasChoices("github_actions", "GITHUB_ACTIONS")
-    )
-    github_step_summary: Path | None = Field(
-        default=None, validation_alias=AliasChoices("github_step_summary", "GITHUB_STEP_SUMMARY")
-    )
+    github_actions: bool = False
+    github_step_summary: Path | None = None
 
-    @field_validator("log_level", "log_format", "on_db_ahead", "kube_events", mode="before")
-    @classmethod
-    def _lowercase(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator("in_kubernetes", mode="before")
-    @classmethod
-    def _service_host_means_in_cluster(cls, value: Any) -> Any:
-        # KUBERNETES_SERVICE_HOST holds an address, not a boolean; any value means "in a pod".
-        if isinstance(value, str) and value not in ("true", "false", "0", "1"):
-            return bool(value.strip())
-        return value
+    def __post_init__(self) -> None:
+        errors = [
+            f"{spec.variables[0]}: {problem}"
+            for name, spec in _SPECS.items()
+            if (problem := spec.problem(getattr(self, name))) is not None
+        ]
+        if errors:
+            raise ConfigError("invalid settings: " + "; ".join(errors))
 
     def database(self) -> DatabaseUrl:
         """The parsed database URL, or a configuration error naming every place looked at."""
@@ -90,31 +110,216 @@ class Settings(BaseSettings):
         )
 
 
-def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
-    """Read settings from the environment; `overrides` (from flags) win over it."""
-    values = {k: v for k, v in (overrides or {}).items() if v is not None}
-    values["environment_digest"] = environment.environment_digest()
-    if not os.environ.get("MIGRATION_CACHE_DIR"):
-        values.setdefault("cache_dir", environment.default_cache_dir())
-    if "database_url" in values:
-        redact.register_url_text(values["database_url"])
-        values["database_url_source"] = "--database-url"
-    else:
-        found = environment.database_url_from_environment()
-        if found is not None:
-            values["database_url"], values["database_url_source"] = found
+# -- how each setting is read and checked ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Spec:
+    parse: Callable[[Any], Any]
+    #: Environment variables, first found wins (default: MIGRATION_<NAME>).
+    variables: tuple[str, ...]
+    check: Callable[[Any], str | None] = lambda _: None
+
+    def problem(self, value: Any) -> str | None:
+        return None if value is None else self.check(value)
+
+
+def _text(value: Any) -> str:
+    return str(value).strip()
+
+
+def _seconds(value: Any) -> float:
     try:
-        return Settings(**values)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError("not a number of seconds") from None
 
 
-def _one_line(exc: ValidationError) -> str:
-    """A one-line reason per invalid setting, naming the variable and never echoing its value."""
-    parts = []
-    for err in exc.errors(include_input=False, include_url=False):
-        name = str(err["loc"][0]) if err["loc"] else "setting"
-        if name in Settings.model_fields and name not in ("github_actions", "in_kubernetes"):
-            name = f"MIGRATION_{name.upper()}"
-        parts.append(f"{name}: {err['msg']}")
-    return "invalid settings: " + "; ".join(parts)
+def _at_least_zero(value: float) -> str | None:
+    return "must be 0 or more" if value < 0 else None
+
+
+def _above_zero(value: float) -> str | None:
+    return "must be more than 0" if value <= 0 else None
+
+
+def _integer(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError("not an integer") from None
+
+
+def _int64(value: int) -> str | None:
+    return None if -(2**63) <= value < 2**63 else "must be a signed 64-bit integer"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError("must be true or false")
+
+
+def _present(value: Any) -> bool:
+    """KUBERNETES_SERVICE_HOST holds an address, not a boolean: any value means "in a pod"."""
+    return value if isinstance(value, bool) else bool(str(value).strip())
+
+
+def _x_args(value: Any) -> tuple[str, ...]:
+    """One `key=value` per line, or a JSON array of strings (flags: a list already)."""
+    if not isinstance(value, str):
+        return tuple(str(v) for v in value)
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise ValueError("not a JSON array of strings") from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError("not a JSON array of strings")
+        return tuple(items)
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    names = tuple(str(name).strip() for name in items if str(name).strip())
+    for name in names:
+        if not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise ValueError(f"{name!r} is not an environment variable name")
+    return names
+
+
+def _optional_text(value: Any) -> str | None:
+    return _text(value) or None
+
+
+def _path(value: Any) -> Path:
+    return Path(value)
+
+
+def _spec(
+    name: str,
+    parse: Callable[[Any], Any],
+    check: Callable[[Any], str | None] = lambda _: None,
+    variables: tuple[str, ...] = (),
+) -> tuple[str, _Spec]:
+    return name, _Spec(parse, variables or (f"MIGRATION_{name.upper()}",), check)
+
+
+_SPECS: dict[str, _Spec] = dict(
+    [
+        _spec("config", _path),
+        _spec("script_location", _optional_text),
+        _spec("ini_section", _text),
+        _spec("x_args", _x_args),
+        _spec("tag", _optional_text),
+        _spec("export_url_as", _names),
+        _spec("connect_timeout", _seconds, _at_least_zero),
+        _spec("lock_timeout", _seconds, _at_least_zero),
+        _spec("ddl_lock_timeout", _seconds, _above_zero),
+        _spec("ddl_retry_budget", _seconds, _at_least_zero),
+        _spec("statement_timeout", _seconds, _at_least_zero),
+        _spec("idle_in_transaction_timeout", _seconds, _at_least_zero),
+        _spec("wait_timeout", _seconds, _at_least_zero),
+        _spec("lock_key", _integer, _int64),
+        _spec("log_format", _one_of("auto", "json", "console")),
+        _spec("log_level", _one_of("debug", "info", "warning", "error")),
+        _spec("on_db_ahead", _one_of("warn", "fail")),
+        _spec("kube_events", _one_of("auto", "on", "off")),
+        _spec("pod_name", _optional_text),
+        _spec("pod_namespace", _optional_text),
+        _spec("job_name", _optional_text),
+        _spec("termination_message_path", _path),
+        _spec(
+            "in_kubernetes",
+            _present,
+            variables=("MIGRATION_IN_KUBERNETES", "KUBERNETES_SERVICE_HOST"),
+        ),
+        _spec("github_actions", _boolean, variables=("GITHUB_ACTIONS",)),
+        _spec("github_step_summary", _path, variables=("GITHUB_STEP_SUMMARY",)),
+    ]
+)
+
+
+def variables() -> dict[str, str]:
+    """Each user setting and the environment variable that sets it (for the README test)."""
+    return {name: spec.variables[0] for name, spec in _SPECS.items()}
+
+
+def _read_secret_file(var: str, path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{var}={path}: cannot read the file ({exc.strerror})") from None
+    return text.rstrip("\r\n")
+
+
+def _database_url_from_environment() -> tuple[str, str] | None:
+    """(value, variable name) of the first URL source that is set, else None."""
+    for var in URL_SOURCES:
+        value = os.environ.get(var)
+        if not value:
+            continue
+        if var.endswith("_FILE"):
+            value = _read_secret_file(var, value)
+        redact.register_url_text(value)
+        return value, var
+    return None
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Read settings from the environment; `overrides` (from flags) win over it. Every
+    invalid setting is named in one error, without echoing its value."""
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, spec in _SPECS.items():
+        source, raw = _raw_value(name, spec, flags)
+        if raw is None:
+            continue
+        try:
+            values[name] = spec.parse(raw)
+        except ValueError as exc:
+            errors.append(f"{source}: {exc}")
+    if errors:
+        raise ConfigError("invalid settings: " + "; ".join(errors))
+    url = flags.get("database_url")
+    if url is not None:
+        redact.register_url_text(url)
+        values["database_url"], values["database_url_source"] = Secret(url), "--database-url"
+    else:
+        found = _database_url_from_environment()
+        if found is not None:
+            values["database_url"], values["database_url_source"] = Secret(found[0]), found[1]
+    return Settings(**values)
+
+
+def _raw_value(name: str, spec: _Spec, flags: dict[str, Any]) -> tuple[str, Any]:
+    if name in flags:
+        return f"--{name.replace('_', '-')}", flags[name]
+    for variable in spec.variables:
+        value = os.environ.get(variable)
+        if value is not None:
+            return variable, value
+    return spec.variables[0], None
+
+
+assert {f.name for f in fields(Settings)} == {*_SPECS, "database_url", "database_url_source"}

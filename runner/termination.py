@@ -12,12 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from runner.logs import log
 from runner.observers import NullObserver
 from runner.report import RunReport
-
-log = structlog.get_logger("runner")
 
 #: The kubelet keeps at most 4096 bytes of a termination message and drops the rest.
 MAX_MESSAGE_BYTES = 4096

@@ -71,15 +71,10 @@ def _create_database(admin: URL, prefix: str, quote: str) -> tuple[URL, str]:
     return admin.set(database=name), name
 
 
-@pytest.fixture
-def pg_url(pg_server_url: URL) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test, as a URL string (with password)."""
-    url, name = _create_database(pg_server_url, "mr_test", '"')
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        engine = create_engine(pg_server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
+def _drop_database(admin: URL, name: str) -> None:
+    engine = create_engine(admin, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if admin.get_backend_name() == "postgresql":
             conn.execute(
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -88,26 +83,65 @@ def pg_url(pg_server_url: URL) -> Iterator[str]:
                 {"d": name},
             )
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        engine.dispose()
+        else:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+    engine.dispose()
 
 
-@pytest.fixture
-def mariadb_url() -> Iterator[str]:
-    """A fresh MariaDB database for this test; skips (fails on CI) without a configured server."""
+def _mariadb_admin() -> URL:
     configured = os.environ.get(_MARIADB_ENV)
     if not configured:
         if CI:
             pytest.fail(f"CI must run the MariaDB tests: set {_MARIADB_ENV}")
         pytest.skip(f"no MariaDB configured ({_MARIADB_ENV})")
-    admin = make_url(configured).set(drivername="mysql+pymysql", database=None)
-    url, name = _create_database(admin, "mr_test", "`")
+    return make_url(configured).set(drivername="mysql+pymysql", database=None)
+
+
+class FreshDatabases:
+    """Creates empty databases for one test (`new(backend)`), and drops them all after it."""
+
+    def __init__(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+        self._request = request
+        self._tmp_path = tmp_path
+        self._created: list[tuple[URL, str]] = []
+
+    def new(self, backend: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{self._tmp_path / f'db_{uuid.uuid4().hex[:8]}.db'}"
+        if backend == "postgresql":
+            admin: URL = self._request.getfixturevalue("pg_server_url")
+            quote = '"'
+        else:
+            admin, quote = _mariadb_admin(), "`"
+        url, name = _create_database(admin, "mr_test", quote)
+        self._created.append((admin, name))
+        return url.render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        for admin, name in self._created:
+            _drop_database(admin, name)
+
+
+@pytest.fixture
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FreshDatabases]:
+    """Any number of fresh, empty databases for this test, dropped afterwards."""
+    fresh = FreshDatabases(request, tmp_path)
     try:
-        yield url.render_as_string(hide_password=False)
+        yield fresh
     finally:
-        engine = create_engine(admin, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        engine.dispose()
+        fresh.drop_all()
+
+
+@pytest.fixture
+def pg_url(databases: FreshDatabases) -> str:
+    """A fresh, empty PostgreSQL database for this test, as a URL string (with password)."""
+    return databases.new("postgresql")
+
+
+@pytest.fixture
+def mariadb_url(databases: FreshDatabases) -> str:
+    """A fresh MariaDB database for this test; skips (fails on CI) without a configured server."""
+    return databases.new("mariadb")
 
 
 @pytest.fixture
@@ -120,3 +154,11 @@ def any_db_url(request: pytest.FixtureRequest) -> str:
     """The same test against each backend the runner supports."""
     fixture = {"postgresql": "pg_url", "mariadb": "mariadb_url", "sqlite": "sqlite_url"}
     return str(request.getfixturevalue(fixture[request.param]))
+
+
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend the runner supports, for tests that make their own databases."""
+    if request.param == "mariadb":
+        _mariadb_admin()  # skip early, before anything is created
+    return str(request.param)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.report import AppliedRevision, RunReport, TargetReport
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 CI = bool(os.environ.get("CI"))
@@ -43,6 +45,20 @@ class CliResult:
         lines = self.named("run_finished")
         assert len(lines) == 1, f"expected one run_finished line, got {len(lines)}:\n{self.stderr}"
         return lines[0]
+
+
+def report_of(
+    command: str = "upgrade",
+    from_revision: str | None = None,
+    to_revision: str | None = None,
+    applied: list[AppliedRevision] | None = None,
+    **fields: Any,
+) -> RunReport:
+    """A finished one-database run report, as the reporters receive it."""
+    target = TargetReport("app", "postgresql", "success" if applied else "up_to_date")
+    target.from_revision, target.to_revision = from_revision, to_revision
+    target.applied = list(applied or [])
+    return RunReport(command=command, targets=[target], **fields)
 
 
 def with_credentials(url: str, username: str, password: str | None) -> str:

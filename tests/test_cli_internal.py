@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from runner import cli, logs
 
@@ -20,15 +19,13 @@ def restore_logging() -> Any:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
-    structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
+    logs.configure_logging("json", "info", io.StringIO())
 
 
 def test_unexpected_exception_exits_1_without_traceback(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     def broken(*_: Any, **__: Any) -> int:
         raise KeyError("a bug, not a user error")
@@ -37,13 +34,7 @@ def test_unexpected_exception_exits_1_without_traceback(
     monkeypatch.setenv("MIGRATION_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
     monkeypatch.setenv("MIGRATION_LOG_FORMAT", "json")
     stream = io.StringIO()
-    monkeypatch.setattr(logs, "_configured", False)
-    monkeypatch.setattr(
-        logs,
-        "configure_logging",
-        lambda fmt, level, s=None, _orig=logs.configure_logging: _orig(fmt, level, stream),
-    )
-    code = cli.run(["upgrade"], stdout=io.StringIO())
+    code = cli.run(["upgrade"], stdout=io.StringIO(), stderr=stream)
     assert code == 1
     lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
     finished = [line for line in lines if line["event"] == "run_finished"]
@@ -51,3 +42,22 @@ def test_unexpected_exception_exits_1_without_traceback(
     assert finished[0]["exit_code"] == 1 and finished[0]["outcome"] == "internal_error"
     assert "KeyError" in finished[0]["reason"]
     assert "Traceback" not in stream.getvalue()
+
+
+def test_a_project_that_configures_logging_and_structlog_cannot_touch_our_events() -> None:
+    """The runner's pipeline is private: global logging and structlog settings made later (by
+    a project's import) neither swallow, reformat nor duplicate the runner's events."""
+    import structlog
+
+    ours = io.StringIO()
+    logs.configure_logging("json", "info", ours)
+    theirs = io.StringIO()
+    logging.basicConfig(stream=theirs, level=logging.DEBUG, force=True)
+    structlog.configure(processors=[structlog.dev.ConsoleRenderer()])
+    try:
+        logs.log.info("run_finished", exit_code=0)
+    finally:
+        structlog.reset_defaults()
+    lines = ours.getvalue().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["event"] == "run_finished"
+    assert "run_finished" not in theirs.getvalue()

@@ -58,14 +58,18 @@ def test_current_and_history_print_what_alembic_shows(tmp_path: Path, pg_url: st
     assert history.returncode == 0, "history needs no database"
 
 
-def test_downgrade_needs_yes_and_then_applies(tmp_path: Path, pg_url: str) -> None:
+def test_downgrade_needs_yes_and_is_reported_as_a_downgrade(tmp_path: Path, pg_url: str) -> None:
     ini = write_project(tmp_path, chain(3))
     run_cli(["upgrade", "--config", str(ini)], pg_url)
     refused = run_cli(["downgrade", "r0000", "--config", str(ini)], pg_url)
     assert refused.returncode == 2 and "--yes" in refused.finished["reason"]
     done = run_cli(["downgrade", "r0000", "--yes", "--config", str(ini)], pg_url)
     assert done.returncode == 0, done.stderr
-    assert [e["revision"] for e in done.named("revision_applied")] == ["r0002", "r0001"]
+    assert [e["revision"] for e in done.named("revision_downgraded")] == ["r0002", "r0001"]
+    assert [e["to_revision"] for e in done.named("revision_downgraded")] == ["r0001", "r0000"]
+    assert done.named("revision_applied") == [], "a downgrade is not an applied revision"
+    assert done.finished["applied"] == 0 and done.finished["downgraded"] == 2
+    assert done.finished["to_revision"] == "r0000"
     assert scalar(pg_url, "SELECT version_num FROM alembic_version") == "r0000"
     assert done.named("lock_acquired")
 

@@ -6,15 +6,16 @@ import io
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 
 from runner.github import GitHubObserver, annotation, escape_data, escape_property, render_summary
+from runner.logs import captured
 from runner.observers import NullObserver, notify
 from runner.report import AppliedRevision, RunReport
+from tests.support import report_of
 
 
 def _success() -> RunReport:
-    return RunReport(
+    return report_of(
         command="upgrade",
         from_revision=None,
         to_revision="b2",
@@ -27,7 +28,7 @@ def _success() -> RunReport:
 
 
 def _failure() -> RunReport:
-    return RunReport(
+    return report_of(
         command="upgrade",
         exit_code=70,
         outcome="migration_failed",
@@ -83,7 +84,7 @@ def test_failure_writes_error_annotation_with_escaped_newlines_and_percent(tmp_p
 def test_failure_without_reason_still_names_command_and_exit_code() -> None:
     out = io.StringIO()
     GitHubObserver(None, out).run_finished(
-        RunReport(command="upgrade", exit_code=69, outcome="database_unavailable")
+        report_of(command="upgrade", exit_code=69, outcome="database_unavailable")
     )
     assert out.getvalue().startswith("::error title=migration-runner::")
     assert "exit code 69" in out.getvalue()
@@ -92,7 +93,7 @@ def test_failure_without_reason_still_names_command_and_exit_code() -> None:
 def test_check_pending_is_a_warning_not_an_error() -> None:
     out = io.StringIO()
     GitHubObserver(None, out).run_finished(
-        RunReport(command="check", exit_code=3, outcome="pending", reason="2 revisions pending")
+        report_of(command="check", exit_code=3, outcome="pending", reason="2 revisions pending")
     )
     assert out.getvalue() == "::warning title=migration-runner::2 revisions pending\n"
 
@@ -107,17 +108,17 @@ def test_no_step_summary_path_only_annotates() -> None:
 def test_unwritable_summary_logs_warning_and_never_raises(tmp_path: Path, kind: str) -> None:
     target = tmp_path if kind == "directory" else tmp_path / "no" / "such" / "summary.md"
     out = io.StringIO()
-    with capture_logs() as logs:
+    with captured() as logs:
         GitHubObserver(target, out).run_finished(_failure())
     assert [e["event"] for e in logs] == ["github_step_summary_unwritable"]
-    assert logs[0]["log_level"] == "warning"
+    assert logs[0]["level"] == "warning"
     assert out.getvalue().startswith("::error "), "the annotation is still written"
 
 
 def test_closed_stream_logs_warning_and_never_raises(tmp_path: Path) -> None:
     out = io.StringIO()
     out.close()
-    with capture_logs() as logs:
+    with captured() as logs:
         GitHubObserver(tmp_path / "s.md", out).run_finished(_failure())
     assert [e["event"] for e in logs] == ["github_annotation_failed"]
 
@@ -136,6 +137,6 @@ def test_escaping_follows_github_workflow_command_rules() -> None:
 
 
 def test_summary_of_run_with_nothing_applied_has_no_revision_table() -> None:
-    text = render_summary(RunReport(command="upgrade", from_revision="b2", to_revision="b2"))
+    text = render_summary(report_of(command="upgrade", from_revision="b2", to_revision="b2"))
     assert "| Applied | 0 |" in text
     assert "| Revision | Down revision |" not in text

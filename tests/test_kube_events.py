@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from runner import kube
+from runner.logs import captured
 from runner.observers import NullObserver, RunObserver, notify
 from runner.report import AppliedRevision, RunReport
 from runner.settings import Settings
 from tests.fake_kube_api import FakeKubeApi
-from tests.support import Rev, run_cli, table_rev, write_project
+from tests.support import Rev, report_of, run_cli, table_rev, write_project
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,7 +60,7 @@ def _observer(kubeconfig: str, **kw: Any) -> RunObserver:
 
 
 def _success() -> RunReport:
-    return RunReport(
+    return report_of(
         command="upgrade",
         from_revision="a1",
         to_revision="c3",
@@ -73,7 +73,7 @@ def _success() -> RunReport:
 
 
 def _failure() -> RunReport:
-    return RunReport(
+    return report_of(
         command="upgrade",
         exit_code=70,
         outcome="migration_failed",
@@ -129,7 +129,7 @@ def test_succeeded_event_with_nothing_to_apply_names_the_current_revision(
 ) -> None:
     fake_api.add_job(NS, JOB)
     _observer(kubeconfig).run_finished(
-        RunReport(command="upgrade", from_revision="c3", to_revision="c3", duration_ms=300)
+        report_of(command="upgrade", from_revision="c3", to_revision="c3", duration_ms=300)
     )
     assert fake_api.events[0]["message"] == "nothing to apply: database at c3 (0.3s)"
 
@@ -195,7 +195,7 @@ def test_without_job_name_the_job_is_found_from_the_pods_owner_reference(
 def test_without_job_or_pod_name_there_is_no_observer_and_a_warning(
     fake_api: FakeKubeApi, kubeconfig: str
 ) -> None:
-    with capture_logs() as logs:
+    with captured() as logs:
         observer = kube.event_observer(
             _settings(job_name=None, pod_name=None), kubeconfig=kubeconfig
         )
@@ -210,13 +210,13 @@ def test_events_forbidden_by_rbac_warn_once_then_the_observer_stays_quiet(
     fake_api.add_job(NS, JOB)
     fake_api.forbid("create", "events")
     observer = _observer(kubeconfig)
-    with capture_logs() as logs:
+    with captured() as logs:
         observer.run_started("upgrade")
         observer.lock_waiting("k", 0.0)
         observer.run_finished(_success())
 
     assert len(fake_api.requests_for("POST", "/events$")) == 1  # disabled after the first 403
-    assert [(e["event"], e["log_level"]) for e in logs] == [("kube_events_unavailable", "warning")]
+    assert [(e["event"], e["level"]) for e in logs] == [("kube_events_unavailable", "warning")]
     assert "forbidden (HTTP 403)" in logs[0]["reason"]
     assert logs[0]["status"] == 403
 
@@ -234,7 +234,7 @@ def test_a_denied_observer_does_not_disturb_the_other_observers(
             seen.append(report.outcome)
 
     observers = [_observer(kubeconfig), Recorder()]
-    with capture_logs() as logs:
+    with captured() as logs:
         notify(observers, lambda o: o.run_finished(_success()))
     assert seen == ["success"]
     assert "observer_failed" not in [e["event"] for e in logs]
@@ -245,7 +245,7 @@ def test_reading_the_job_forbidden_means_no_observer_and_a_warning(
 ) -> None:
     fake_api.add_job(NS, JOB)
     fake_api.forbid("get", "jobs")
-    with capture_logs() as logs:
+    with captured() as logs:
         observer = kube.event_observer(_settings(), kubeconfig=kubeconfig)
     assert observer is None
     assert [e["event"] for e in logs] == ["kube_events_unavailable"]
@@ -257,7 +257,7 @@ def test_an_unreachable_api_server_means_no_observer_and_a_warning(
 ) -> None:
     fake_api.down()
     began = time.monotonic()
-    with capture_logs() as logs:
+    with captured() as logs:
         observer = kube.event_observer(_settings(), kubeconfig=kubeconfig)
     assert observer is None
     assert time.monotonic() - began < 5
@@ -271,7 +271,7 @@ def test_a_hanging_api_server_costs_at_most_the_call_timeout(
     fake_api.add_job(NS, JOB)
     fake_api.hang = True
     began = time.monotonic()
-    with capture_logs() as logs:
+    with captured() as logs:
         observer = kube.event_observer(_settings(), kubeconfig=kubeconfig, timeout=(0.5, 0.5))
     assert observer is None
     assert time.monotonic() - began < 3
@@ -279,7 +279,7 @@ def test_a_hanging_api_server_costs_at_most_the_call_timeout(
 
 
 def test_a_missing_kubeconfig_means_no_observer_and_a_warning(tmp_path: Path) -> None:
-    with capture_logs() as logs:
+    with captured() as logs:
         observer = kube.event_observer(_settings(), kubeconfig=str(tmp_path / "missing"))
     assert observer is None
     assert [e["event"] for e in logs] == ["kube_events_unavailable"]

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from runner import kube_cli
 from runner.errors import ConfigError
 from runner.kube import JobStatus, PodStatus
+from runner.logs import captured
 from tests.fake_kube_api import FakeKubeApi, FakePodScript
 from tests.support import cli_env, parse_events
 
@@ -104,7 +104,7 @@ def _lines(n: int) -> list[str]:
 def kube_run(argv: list[str], out: Any = None) -> tuple[int, bytes, list[dict[str, Any]]]:
     """kube-run in this process: (exit code, what it wrote to stdout, its log events)."""
     out = out if out is not None else io.BytesIO()
-    with capture_logs() as logs:
+    with captured() as logs:
         code = kube_cli.main(argv, stdout=out)
     return code, out.getvalue(), [dict(e) for e in logs]
 
@@ -163,7 +163,7 @@ def test_job_from_flags_has_the_image_secret_config_and_command(
         "fieldRef": {"fieldPath": "metadata.labels['job-name']"}
     }
     assert _events(logs, "job_created") == [
-        {"event": "job_created", "log_level": "info", "job": name, "namespace": NS}
+        {"event": "job_created", "level": "info", "job": name, "namespace": NS}
     ]
 
 

@@ -44,6 +44,8 @@ def test_every_setting_has_the_documented_default() -> None:
     assert s.log_format == "auto"
     assert s.log_level == "info"
     assert s.on_db_ahead == "warn"
+    assert s.ini_section == "alembic" and s.x_args == () and s.tag is None
+    assert s.export_url_as == ()
     assert s.kube_events == "auto"
     assert s.in_kubernetes is False
     assert s.github_actions is False
@@ -147,6 +149,40 @@ def test_kubernetes_service_host_means_in_cluster(monkeypatch: pytest.MonkeyPatc
     assert load_settings().in_kubernetes is True
 
 
-def test_settings_model_forbids_unknown_fields() -> None:
-    with pytest.raises(Exception, match="extra"):
+def test_settings_forbid_unknown_fields() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword"):
         Settings(nonsense=1)  # type: ignore[call-arg]
+
+
+def test_invalid_values_given_directly_are_refused_too() -> None:
+    with pytest.raises(ConfigError, match="MIGRATION_DDL_LOCK_TIMEOUT: must be more than 0"):
+        Settings(ddl_lock_timeout=0)
+
+
+def test_every_invalid_setting_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIGRATION_LOG_LEVEL", "loud")
+    monkeypatch.setenv("MIGRATION_WAIT_TIMEOUT", "-1")
+    monkeypatch.setenv("MIGRATION_X_ARGS", "[1, 2]")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "MIGRATION_LOG_LEVEL: must be one of" in info.value.reason
+    assert "MIGRATION_X_ARGS: not a JSON array of strings" in info.value.reason
+    # Parsing stops at the first layer of errors; the range check names the variable too.
+    monkeypatch.delenv("MIGRATION_LOG_LEVEL")
+    monkeypatch.delenv("MIGRATION_X_ARGS")
+    with pytest.raises(ConfigError, match="MIGRATION_WAIT_TIMEOUT: must be 0 or more"):
+        load_settings()
+
+
+def test_alembic_arguments_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIGRATION_X_ARGS", "tenant=acme\ndata=1\n")
+    monkeypatch.setenv("MIGRATION_INI_SECTION", "shop")
+    monkeypatch.setenv("MIGRATION_TAG", "blue")
+    monkeypatch.setenv("MIGRATION_EXPORT_URL_AS", "APP_DB_URL, LEGACY_URL")
+    s = load_settings()
+    assert s.x_args == ("tenant=acme", "data=1")
+    assert (s.ini_section, s.tag) == ("shop", "blue")
+    assert s.export_url_as == ("APP_DB_URL", "LEGACY_URL")
+    monkeypatch.setenv("MIGRATION_X_ARGS", '["tenant=a b", "x"]')
+    assert load_settings().x_args == ("tenant=a b", "x")
+    assert load_settings({"x_args": ("flag=1",)}).x_args == ("flag=1",), "flags win"

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from structlog.testing import capture_logs
-
+from runner.logs import captured
 from runner.report import AppliedRevision, RunReport
 from runner.termination import MAX_MESSAGE_BYTES, TerminationMessageObserver, termination_message
+from tests.support import report_of
 
 
 def _report(**kw: object) -> RunReport:
-    report = RunReport(command="upgrade", from_revision="a1", to_revision="b2", duration_ms=1234)
-    report.applied = [AppliedRevision("b2", "a1", "add users", 1000)]
-    for key, value in kw.items():
-        setattr(report, key, value)
-    return report
+    return report_of(
+        command="upgrade",
+        from_revision="a1",
+        to_revision="b2",
+        duration_ms=1234,
+        applied=[AppliedRevision("b2", "a1", "add users", 1000)],
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def test_run_finished_writes_the_compact_summary_json(tmp_path: Path) -> None:
@@ -73,9 +76,9 @@ def test_rewriting_replaces_the_previous_content(tmp_path: Path) -> None:
 
 def test_an_unwritable_path_is_a_warning_not_an_exception(tmp_path: Path) -> None:
     path = tmp_path / "no-such-dir" / "termination-log"
-    with capture_logs() as logs:
+    with captured() as logs:
         TerminationMessageObserver(path).run_finished(_report())
     assert [e["event"] for e in logs] == ["termination_message_unwritable"]
-    assert logs[0]["log_level"] == "warning"
+    assert logs[0]["level"] == "warning"
     assert logs[0]["path"] == str(path)
     assert not path.exists()

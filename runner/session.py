@@ -1,0 +1,292 @@
+"""One connection env.py handed to `context.configure()`, and what the runner adds to it.
+
+The runner adopts the connection, it never replaces it: everything env.py did to it (search
+path, role, connect arguments, isolation level, event listeners) stays. On top, for as long as
+the migrations run on it: the safety settings (`lock_timeout`, ...), a cancel channel for the
+signal handler, the migration lock (keyed by the connection's own database and the version
+table that `configure()` names), and at the end the settings env.py had, put back.
+
+When env.py holds the connection in a transaction of its own when it calls `configure()`
+(Alembic's multidb template does), Alembic runs every revision inside that transaction and
+env.py commits it; the runner then commits nothing itself and releases the lock only once
+env.py is done (`after_env`), so no other runner can start before that commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from runner import db
+from runner import lock as locks
+from runner.cancel import CancelToken
+from runner.errors import ConfigError, LockLost
+from runner.logs import log
+
+DEFAULT_VERSION_TABLE = "alembic_version"
+
+
+@dataclass(frozen=True)
+class VersionTable:
+    name: str = DEFAULT_VERSION_TABLE
+    schema: str | None = None
+
+    @classmethod
+    def of(cls, configure_kw: dict[str, Any]) -> VersionTable:
+        """The version table as env.py passed it to `configure()`."""
+        return cls(
+            configure_kw.get("version_table") or DEFAULT_VERSION_TABLE,
+            configure_kw.get("version_table_schema"),
+        )
+
+
+class AdoptedConnection:
+    """The runner's additions to one of env.py's connections, and their removal."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        version_table: VersionTable,
+        session: db.SessionSettings,
+        cancel: CancelToken,
+    ) -> None:
+        self.conn = conn
+        self.version_table = version_table
+        self.backend = db.backend_of(conn)
+        self.cancel = cancel
+        #: env.py began a transaction before `configure()`: Alembic runs everything in it.
+        self.external = conn.in_transaction()
+        owned = not self.external
+        self.facts = db.session_facts(conn, self.backend, commit=owned)
+        self._restore: Callable[[], None] | None = db.apply_session_settings(
+            conn, self.backend, session, commit=owned
+        )
+        self._dbapi = conn.connection.dbapi_connection
+        self._cancel = db.cancel_function(conn, self.backend, self.facts.server_id)
+        cancel.on_cancel(self._cancel)
+        #: Once cancelled, no further statement of the migration may start on this connection
+        #: (a revision busy in Python code reaches its next statement after the signal); the
+        #: runner's own clean-up statements still run.
+        self._giving_back = False
+        event.listen(conn, "before_cursor_execute", self._refuse_after_cancel)
+        self.lock: locks.MigrationLock | None = None
+        self.wrote = False
+        #: env.py committed its own transaction after the runner's revisions ran in it.
+        self.committed_by_env = False
+        if self.external:
+            event.listen(conn, "commit", self._env_committed)
+            event.listen(conn, "rollback", self._env_rolled_back)
+
+    # -- identity ----------------------------------------------------------------------
+
+    @property
+    def schema(self) -> str:
+        """The schema the version table lives in (or would be created in)."""
+        return self.version_table.schema or self.facts.default_schema
+
+    @property
+    def lock_schema(self) -> str | None:
+        """The schema in the lock key: the version table's, or the session's default schema
+        when that is not `public` (a schema-per-tenant env.py sets search_path), so that two
+        tenants of one database never wait for each other while the usual project keeps the
+        key of (database, no schema, table)."""
+        if self.version_table.schema:
+            return self.version_table.schema
+        return self.facts.default_schema if self.facts.default_schema != "public" else None
+
+    @property
+    def label(self) -> str:
+        """How the logs name this target: the database, and the schema when it is not the
+        default one (a schema-per-tenant env.py)."""
+        if self.backend == "postgresql" and self.schema not in ("", "public"):
+            return f"{self.facts.database}/{self.schema}"
+        if self.backend == "sqlite":
+            return self.facts.database or "sqlite"
+        return self.facts.database
+
+    # -- the lock ----------------------------------------------------------------------
+
+    def take_lock(
+        self,
+        timeout_s: float,
+        key: int | None,
+        on_wait: Callable[[str, float], None],
+        satisfied: Callable[[], bool],
+    ) -> bool:
+        """Take the migration lock; False when `satisfied()` said, while waiting, that
+        another runner already did the work."""
+        if self.lock is not None:
+            return True
+        if key is None:
+            key = locks.derive_key(self.facts.database, self.lock_schema, self.version_table.name)
+        lock = locks.lock_for(self.conn, self.backend, self.facts.database, key)
+        waited = locks.acquire(
+            lock, timeout_s, self.cancel, lambda s: on_wait(lock.key, s), satisfied
+        )
+        if waited is None:
+            log.info(
+                "lock_not_needed",
+                key=lock.key,
+                target=self.label,
+                reason="another runner reached the target",
+            )
+            return False
+        self.lock = lock
+        log.info(
+            "lock_acquired",
+            key=lock.key,
+            waited_s=round(waited, 3),
+            backend=self.backend,
+            target=self.label,
+        )
+        return True
+
+    def verify_lock(self) -> None:
+        if self.lock is not None and not self.lock.is_held():
+            raise LockLost(
+                f"migration lock {self.lock.key} was lost (backend terminated?); "
+                "stopping before the next revision",
+                key=self.lock.key,
+            )
+
+    def refuse_transaction_pooler(self) -> None:
+        """A transaction-mode pooler (PgBouncer `pool_mode = transaction`) hands each
+        transaction to whichever server connection is free, so a session advisory lock
+        protects nothing. Detected once, right after the lock is held: a second connection
+        must not land on the locking backend, and this connection must stay on it while the
+        second one holds a transaction open."""
+        lock = self.lock
+        if self.backend != "postgresql" or self.external:
+            return
+        assert isinstance(lock, locks.PostgresAdvisoryLock)
+        locking_pid = locks.backend_pid(self.conn)
+        engine = db.runner_engine(db.sync_url(self.conn))
+        try:
+            with engine.connect() as probe:
+                probe_pid = locks.backend_pid(probe, commit=False)  # pinned: in a transaction
+                own_pid = locks.backend_pid(self.conn)
+                shared = probe_pid == locking_pid or own_pid != locking_pid
+                if shared and probe_pid == locking_pid:
+                    lock.release_on(probe)  # the lock lives where the probe landed
+                probe.rollback()
+        except DBAPIError as exc:
+            log.debug("pooler_probe_failed", reason=db.one_line(exc))
+            return
+        finally:
+            engine.dispose()
+        if shared:
+            raise ConfigError(
+                f"{self.label} is reached through a transaction-mode connection pooler (e.g. "
+                "PgBouncer pool_mode=transaction): each transaction may run on another server "
+                "connection, so the migration lock cannot be held. Point "
+                "MIGRATION_DATABASE_URL at the database directly (or at a session-mode pool)",
+                backend_pids=sorted({locking_pid, probe_pid, own_pid}),
+            )
+
+    # -- after a failure ---------------------------------------------------------------
+
+    def report_invalid_indexes(self) -> None:
+        """After a failed run on PostgreSQL, name every INVALID index (what a failed or
+        interrupted CREATE INDEX CONCURRENTLY leaves behind): it is not rolled back, and the
+        rerun fails on it ("already exists") until it is dropped. Best effort, never raises."""
+        self._start_giving_back()
+        conn = self.conn
+        if self.backend != "postgresql" or self.external or conn.closed or conn.invalidated:
+            return
+        try:
+            conn.rollback()
+            rows = conn.exec_driver_sql(
+                "SELECT n.nspname, c.relname, t.relname FROM pg_index i"
+                " JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_class t ON t.oid = i.indrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE NOT i.indisvalid ORDER BY 1, 2"
+            ).all()
+            conn.commit()
+        except Exception as exc:
+            log.debug("invalid_index_check_failed", reason=db.one_line(exc))
+            return
+        for schema, index, table in rows:
+            log.warning(
+                "invalid_index_found",
+                index=index,
+                schema=schema,
+                table=table,
+                action=f'DROP INDEX CONCURRENTLY "{schema}"."{index}"; fix the cause, then rerun',
+            )
+
+    # -- giving the connection back ----------------------------------------------------
+
+    def finish(self, succeeded: bool) -> None:
+        """After the migrations on a connection env.py does not keep in a transaction: make
+        the commits durable, put env.py's settings back, release the lock. Raises only when
+        the durability of reported work cannot be confirmed (the connection was lost)."""
+        if self.external:
+            return
+        self._start_giving_back()
+        try:
+            usable = not (self.conn.closed or self.conn.invalidated)
+            if usable and self.conn.in_transaction():
+                self.conn.rollback()  # a failed revision's transaction, already dead
+            if succeeded and self.wrote and self.backend == "postgresql":
+                db.flush_commits(self.conn)
+        finally:
+            self._give_back()
+
+    def after_env(self) -> None:
+        """Once env.py is done (it committed or rolled back its own transaction, and has
+        usually closed the connection): release what is still held. Never raises."""
+        self._start_giving_back()
+        with contextlib.suppress(Exception):
+            event.remove(self.conn, "before_cursor_execute", self._refuse_after_cancel)
+        if self.external:
+            with contextlib.suppress(Exception):
+                event.remove(self.conn, "commit", self._env_committed)
+                event.remove(self.conn, "rollback", self._env_rolled_back)
+        self._give_back()
+
+    def _give_back(self) -> None:
+        conn = self.conn
+        open_ = not (conn.closed or conn.invalidated)
+        restore, self._restore = self._restore, None
+        if restore is not None and open_ and not conn.in_transaction():
+            db.quiet(restore, "session_settings_restore_failed")
+        lock, self.lock = self.lock, None
+        if lock is None:
+            return
+        try:
+            if open_:
+                lock.release()
+            elif not _dbapi_closed(self._dbapi):
+                lock.release_raw(self._dbapi)
+            log.info("lock_released", key=lock.key, target=self.label)
+        except Exception as exc:
+            # The server drops a session lock with its connection.
+            log.warning("lock_release_failed", key=lock.key, reason=db.one_line(exc))
+
+    def _start_giving_back(self) -> None:
+        self._giving_back = True
+        self.cancel.off_cancel(self._cancel)
+
+    def _refuse_after_cancel(self, *_: Any) -> None:
+        if not self._giving_back:
+            self.cancel.check()
+
+    def _env_committed(self, _: Connection) -> None:
+        self.committed_by_env = True
+
+    def _env_rolled_back(self, _: Connection) -> None:
+        self.committed_by_env = False
+
+
+def _dbapi_closed(dbapi_connection: Any) -> bool:
+    closed = getattr(dbapi_connection, "closed", None)
+    if closed is None:
+        return not getattr(dbapi_connection, "open", True)  # PyMySQL
+    return bool(closed)
