@@ -1,18 +1,23 @@
 """Side-by-side timing of migration-runner and plain `alembic upgrade head`.
 
 On a 100-revision project against a PostgreSQL server (MIGRATION_BENCH_POSTGRES_URL, default
-the local service), in one run:
-  1. no-op upgrade (database already at head): runner vs alembic, median of N runs;
+the local service), in one run, each tool in a fresh process per run:
+  1. no-op upgrade (database already at head), in two shapes, runner vs alembic:
+     - deployment: what every pod pays. A new HOSTNAME and an empty HOME/XDG_CACHE_HOME per
+       run, and the project's revision files never compiled before (a fresh copy per run, no
+       __pycache__ written: a read-only container whose image did not precompile them);
+     - warm: a developer's machine: the same directory each time, bytecode cached;
   2. applying all 100 revisions: runner vs alembic, median of N fresh databases;
   3. 10 runners started together on a fresh database vs one runner's apply time.
-Prints a table and writes bench/results.md. The bars come from the issue:
-  no-op <= alembic, apply <= 1.25x alembic, 10 together <= single apply + 1 s.
+Prints a table and writes bench/results.md. The bars come from the issues:
+  no-op <= alembic (both shapes), apply <= 1.25x alembic, 10 together <= single apply + 1 s.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,32 +99,73 @@ def alembic_cmd() -> list[str]:
     return [str(BIN / "alembic"), "upgrade", "head"]
 
 
+def deployment_shape(work: Path, run: int) -> tuple[Path, dict[str, str]]:
+    """A fresh copy of the project (no bytecode yet), a new HOSTNAME, an empty home: what a
+    new pod starts with. Returns the copy's directory and the environment additions."""
+    pod = work / f"pod-{run}"
+    shutil.copytree(work / "project", pod / "project")
+    home = pod / "home"
+    home.mkdir()
+    extra = {
+        "HOSTNAME": f"app-migrate-{uuid.uuid4().hex[:5]}",
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return pod / "project", extra
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mr-bench-"))
-    ini = write_project(work, chain(100))
+    ini = write_project(work / "project", chain(100))
     # The alembic baseline reads its URL from alembic.ini, as plain alembic users do.
     name, url = fresh_db()
     ini_text = ini.read_text()
     ini.write_text(ini_text.replace("sqlalchemy.url =", f"sqlalchemy.url = {url}"))
     env = cli_env(url, MIGRATION_CONFIG=str(ini))
-    # Warm the bytecode caches of both tools and the revision files once.
-    timed(alembic_cmd(), env, work)
+    timed(alembic_cmd(), env, ini.parent)  # brings the database to head
     rows: list[tuple[str, list[float], list[float], float]] = []
 
-    noop_alembic = [timed(alembic_cmd(), env, work) for _ in range(RUNS)]
-    noop_runner = [timed(runner_cmd(), env, work, expect_applied=0) for _ in range(RUNS)]
+    deploy_alembic, deploy_runner = [], []
+    for run in range(RUNS):
+        for tool, samples in ((alembic_cmd, deploy_alembic), (runner_cmd, deploy_runner)):
+            project, extra = deployment_shape(work, len(samples) + run * 2)
+            copy_ini = project / "alembic.ini"
+            samples.append(
+                timed(
+                    tool(),
+                    {**cli_env(url, MIGRATION_CONFIG=str(copy_ini)), **extra},
+                    project,
+                    expect_applied=0,
+                )
+            )
+            shutil.rmtree(project.parent)
+    rows.append(
+        ("no-op upgrade, deployment shape (new pod each run)", deploy_alembic, deploy_runner, 1.0)
+    )
+
+    timed(alembic_cmd(), env, ini.parent)  # writes the bytecode of the warm case
+    noop_alembic = [timed(alembic_cmd(), env, ini.parent) for _ in range(RUNS)]
+    noop_runner = [timed(runner_cmd(), env, ini.parent, expect_applied=0) for _ in range(RUNS)]
     drop(name)
-    rows.append(("no-op upgrade (at head)", noop_alembic, noop_runner, 1.0))
+    rows.append(
+        ("no-op upgrade, warm (same machine and directory)", noop_alembic, noop_runner, 1.0)
+    )
 
     apply_alembic, apply_runner = [], []
     for _ in range(RUNS):
         name, url = fresh_db()
         ini.write_text(ini_text.replace("sqlalchemy.url =", f"sqlalchemy.url = {url}"))
-        apply_alembic.append(timed(alembic_cmd(), cli_env(url), work))
+        apply_alembic.append(timed(alembic_cmd(), cli_env(url), ini.parent))
         drop(name)
         name, url = fresh_db()
         apply_runner.append(
-            timed(runner_cmd(), cli_env(url, MIGRATION_CONFIG=str(ini)), work, expect_applied=100)
+            timed(
+                runner_cmd(),
+                cli_env(url, MIGRATION_CONFIG=str(ini)),
+                ini.parent,
+                expect_applied=100,
+            )
         )
         drop(name)
     single = statistics.median(apply_runner)
@@ -141,7 +187,7 @@ def main() -> None:
             subprocess.Popen(
                 runner_cmd(),
                 env=env,
-                cwd=work,
+                cwd=ini.parent,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -160,8 +206,10 @@ def main() -> None:
         "",
         f"`python bench/bench.py` on {os.cpu_count()} cores, PostgreSQL at "
         f"{ADMIN.host or 'socket'}, 100 revisions, median of {RUNS} runs "
-        f"({time.strftime('%Y-%m-%d')}). Medians decide; the range (min-max) shows how noisy "
-        "a 2-core machine is.",
+        f"({time.strftime('%Y-%m-%d')}), each run a fresh process. Medians decide; the range "
+        "(min-max) shows how noisy a 2-core machine is. The deployment shape is what a new pod "
+        "pays: a new HOSTNAME, an empty home and cache directory, and revision files never "
+        "compiled before (no `__pycache__`, none written); warm is a developer's second run.",
         "",
         "| scenario | alembic upgrade head | migration-runner | ratio | bar |",
         "|---|---|---|---|---|",

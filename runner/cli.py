@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     results, events = _claim_standard_streams()
     code = run(list(sys.argv[1:] if argv is None else argv), stdout=results, stderr=events)
     # Everything is closed and the lock released by now; skip the interpreter's teardown of
-    # SQLAlchemy, Alembic and pydantic (about 0.1 s that every deploy would pay).
+    # SQLAlchemy and Alembic (about 0.1 s that every deploy would pay).
     logging.shutdown()
     for stream in (results, events, sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):

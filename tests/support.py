@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,6 @@ from runner.report import AppliedRevision, RunReport, TargetReport
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 CI = bool(os.environ.get("CI"))
-# The fast path's cache of a CLI run, private to this test session (not the user's ~/.cache).
-CACHE_DIR = tempfile.mkdtemp(prefix="migration-runner-test-cache-")
 
 
 @dataclass
@@ -88,7 +85,6 @@ def cli_env(database_url: str | None, **extra: str) -> dict[str, str]:
     }
     env["MIGRATION_LOG_FORMAT"] = "json"
     env["PYTHONUNBUFFERED"] = "1"
-    env["MIGRATION_CACHE_DIR"] = CACHE_DIR
     if database_url is not None:
         env["MIGRATION_DATABASE_URL"] = database_url
     env.update(extra)
