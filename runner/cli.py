@@ -39,6 +39,7 @@ COMMAND_HELP = {
     "plan": "list pending revisions; --sql prints the SQL upgrade would run",
     "current": "show the database's current revision(s)",
     "history": "show the project's revisions, newest first",
+    "log": "show what the runner did to the database (the history table), newest first",
     "downgrade": "downgrade to REVISION (needs --yes), under the lock",
     "stamp": "set the version table to REVISION without running migrations, under the lock",
     "kube-run": "run the migration Job in Kubernetes and exit with its exit code",
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true")
     add("current").add_argument("--json", action="store_true")
     add("history").add_argument("--json", action="store_true")
+    log_cmd = add("log")
+    log_cmd.add_argument("--json", action="store_true")
+    log_cmd.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     down = add("downgrade")
     down.add_argument("revision", help=revision_help)
     down.add_argument("--yes", action="store_true", help="confirm: downgrades can lose data")
@@ -407,6 +411,7 @@ def _record_error(report: RunReport, exc: BaseException) -> int:
         report.reason = redact.redact(exc.reason)
         report.failed_revision = exc.fields.get("revision")
         report.sqlstate = exc.fields.get("sqlstate")
+        report.dirty = bool(exc.fields.get("dirty"))
     else:
         report.exit_code = ExitCode.INTERNAL
         report.outcome = "internal_error"

@@ -99,6 +99,7 @@ def _observe(run: Run, revision: str) -> Work:
         target.heads = tuple(heads)
         with run.graph.asking(revision):
             target.pending = [describe_step(s) for s in upgrade_steps(script, revision, heads)]
+        target.dirty = run.dirty_state(target)
         target.report.outcome = "pending" if target.pending else "up_to_date"
         return []
 
@@ -119,6 +120,7 @@ def _states(run: Run) -> list[dict[str, Any]]:
             "up_to_date": not t.pending and not t.unknown,
             "pending": [p.public() for p in t.pending],
             "unknown": t.unknown,
+            "dirty": t.dirty.fields.get("dirty_revision") if t.dirty else None,
         }
         for t in run.targets
     ]
@@ -144,9 +146,14 @@ def check(run: Run, args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"head:    {', '.join(state['head'])}\n")
             if state["unknown"]:
                 out.write(f"unknown: {', '.join(state['unknown'])} (database ahead of the code)\n")
+            if state["dirty"]:
+                out.write(f"dirty:   {state['dirty']} (a revision stopped part-way)\n")
             out.write(f"pending: {len(state['pending'])}\n")
             for rev in state["pending"]:
                 out.write(f"  {rev['revision']}  {rev['message']}\n")
+    for target in run.targets:
+        if target.dirty is not None:
+            raise target.dirty
     return ExitCode.PENDING if any(s["pending"] for s in states) else ExitCode.OK
 
 
@@ -165,6 +172,9 @@ def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
             target.unknown = run.graph.unknown(target.heads)
             if target.unknown:
                 break  # a newer deploy already migrated past this code: nothing to wait for
+            dirty = run.dirty_state(target)
+            if dirty is not None:
+                raise dirty  # nothing will change until a person fixes it: do not wait
             pending = [describe_step(s) for s in upgrade_steps(script, "head", heads)]
             if not pending:
                 break
@@ -270,6 +280,39 @@ def current(run: Run, args: argparse.Namespace, out: TextIO) -> int:
     return ExitCode.OK
 
 
+def log_(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    """The history table: what the runner applied, downgraded, stamped, and what failed."""
+    rows: list[tuple[str, Any]] = []
+
+    def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
+        target = _current(run)
+        history = run.history_of(target)
+        entries = history.entries(limit=args.limit) if history is not None else []
+        rows.extend((target.label, entry) for entry in entries)
+        return []
+
+    if run.settings.history_table.lower() == "off":
+        raise UsageError("the history table is off (MIGRATION_HISTORY_TABLE=off)")
+    run.drive(Work("log", fn, target="heads"))
+    run.report.settle_outcome()
+    several = len(run.targets) > 1
+    if args.json:
+        _json([{"target": label, **entry.as_dict()} for label, entry in rows], out)
+        return ExitCode.OK
+    for label, entry in rows:
+        when = entry.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        took = f" {entry.duration_ms} ms" if entry.duration_ms is not None else ""
+        who = entry.pod or entry.host or "-"
+        where = f"{label}  " if several else ""
+        out.write(
+            f"{where}{when}  {entry.state:<8} {entry.action:<9} {entry.revision}{took}  "
+            f"by {who}" + (f"  -- {entry.reason}" if entry.reason else "") + "\n"
+        )
+    if not rows:
+        out.write("(no history yet)\n")
+    return ExitCode.OK
+
+
 def history(run: Run, args: argparse.Namespace, out: TextIO) -> int:
     """As `alembic history`: the scripts alone, env.py is not run."""
     revisions = run.graph.history()
@@ -297,4 +340,5 @@ COMMANDS = {
     "plan": plan,
     "current": current,
     "history": history,
+    "log": log_,
 }

@@ -24,6 +24,7 @@ Alembic's private API is used in one place each, listed in `ALEMBIC_PRIVATE_API`
 from __future__ import annotations
 
 import random
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -34,22 +35,26 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from runner import db, revisions
+from runner import __version__, db, revisions
 from runner.cancel import CancelToken
 from runner.errors import (
     ConfigError,
     DatabaseAhead,
     DdlBudgetExhausted,
+    DirtyDatabase,
     GraphError,
     LockLost,
     MigrationFailed,
     RunnerError,
 )
+from runner.history import History, RunIdentity
 from runner.logs import log, reclaim_library_loggers
 from runner.observers import RunObserver, notify
+from runner.redact import redact
 from runner.report import AppliedRevision, RunReport, TargetReport
 from runner.revisions import Graph, PendingRevision, describe_step
 from runner.session import AdoptedConnection, VersionTable
@@ -105,10 +110,23 @@ class Target:
     #: Steps done inside env.py's own transaction, not yet committed by it.
     uncommitted: list[tuple[PendingRevision, int, tuple[str, ...]]] = field(default_factory=list)
     migrated: bool = False
+    history: History | None = None
+    #: The running step committed part of its work on its own (non-transactional DDL, or
+    #: `autocommit_block()`): a failure now leaves the database dirty.
+    partial: bool = False
+    #: The step that failed part-way, for the run's final reason.
+    dirty_step: PendingRevision | None = None
+    #: What a reader found: the history says a revision stopped part-way.
+    dirty: DirtyDatabase | None = None
 
     @property
     def label(self) -> str:
         return self.adopted.label
+
+    @property
+    def transactional(self) -> bool:
+        """DDL rolls back with its transaction here (PostgreSQL), as Alembic judges it."""
+        return bool(self.context is not None and self.context.impl.transactional_ddl)
 
 
 class RunnerEnvironment(EnvironmentContext):
@@ -146,6 +164,7 @@ class RunnerEnvironment(EnvironmentContext):
         self.context_opts["fn"] = self._run.wrap_steps(target, self._work)
         super().configure(connection=connection, url=url, **kw)
         target.context = self.get_context()
+        self._run.watch_autocommit(target)
 
     def run_migrations(self, **kw: Any) -> None:
         if self.is_offline_mode():
@@ -170,10 +189,14 @@ RunnerEnvironment._setups[RunnerEnvironment] = (  # noqa: SLF001
 
 
 def target_step_callback(target: Target) -> Callable[..., None]:
-    """Alembic's `on_version_apply` hook: the heads after each step, inside its transaction."""
+    """Alembic's `on_version_apply` hook, inside each step's transaction after its work: the
+    heads it leads to, and its history row (committed with the step, or not at all)."""
 
     def on_version_apply(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
         target.heads_after_step = tuple(sorted(heads))
+        if target.history is not None and target.running is not None:
+            info, started = target.running
+            target.history.applied(info, int((time.monotonic() - started) * 1000))
 
     return on_version_apply
 
@@ -210,6 +233,13 @@ class Run:
             idle_in_transaction_timeout_s=settings.idle_in_transaction_timeout,
         )
         self._connects = db.RetryingConnects(settings.connect_timeout, cancel)
+        self.identity = RunIdentity.new(
+            __version__,
+            host=socket.gethostname(),
+            pod=settings.pod_name,
+            job=settings.job_name,
+            image=settings.image,
+        )
         self._url_set = False
         #: What the runner refused from inside env.py: raised again after env.py returns,
         #: even if env.py's own error handling swallowed it.
@@ -343,10 +373,15 @@ class Run:
         todo = self.plan(work, heads, target)
 
         def satisfied() -> bool:
+            if work.command == "stamp":
+                return False
             now = self.read_heads(target)
             return bool(now) and not self.plan(work, now, target)
 
-        if todo or not heads:
+        # A stamp always records itself, even onto the revision the database is at: that is
+        # how a person clears a dirty mark.
+        stamp = work.command == "stamp"
+        if todo or not heads or stamp:
             if not adopted.take_lock(
                 self.settings.lock_timeout, self.settings.lock_key, self._lock_waiting, satisfied
             ):
@@ -359,6 +394,7 @@ class Run:
                 return
             todo = self.plan(work, heads, target)
             adopted.refuse_transaction_pooler()
+            self._open_history(target, refuse_dirty=work.command != "stamp")
         if todo:
             log.info(
                 "migration_started",
@@ -371,12 +407,137 @@ class Run:
         succeeded = False
         try:
             self._with_ddl_retries(target, run_alembic)
+            if stamp and not todo:
+                self._record_stamp(target, work, heads)
             succeeded = True
-        except BaseException:
+        except BaseException as exc:
+            adopted.stop_migrating()
+            self._record_failure(target, exc)
             adopted.report_invalid_indexes()
             raise
         finally:
             self._finish(target, succeeded)
+
+    # -- the history table ------------------------------------------------------------
+
+    def history_of(self, target: Target) -> History | None:
+        """The history of this target's version table (None when switched off)."""
+        name = self.settings.history_table
+        if name.lower() == "off":
+            return None
+        vt = target.adopted.version_table
+        return History(target.adopted.conn, name, vt.name, vt.schema, self.identity)
+
+    def _open_history(self, target: Target, refuse_dirty: bool) -> None:
+        """Under the lock, before the first step: the table exists, and a dirty database is
+        refused (`stamp`, the way out, is not)."""
+        history = self.history_of(target)
+        if history is None:
+            return
+        owned = not target.adopted.conn.in_transaction()
+        history.create()
+        dirty = history.dirty() if refuse_dirty else None
+        if owned:
+            target.adopted.conn.commit()
+        if dirty is not None:
+            raise dirty
+        target.history = history
+
+    def dirty_state(self, target: Target) -> DirtyDatabase | None:
+        """For readers (check, wait): the database is dirty, unless the `started` row belongs
+        to a runner that is migrating right now (it holds the lock)."""
+        history = self.history_of(target)
+        if history is None:
+            return None
+        entry = history.latest()
+        if target.adopted.external is False and target.adopted.conn.in_transaction():
+            target.adopted.conn.rollback()
+        if entry is None or entry.state not in ("started", "dirty"):
+            return None
+        if entry.state == "started" and not target.adopted.lock_is_free(self.settings.lock_key):
+            return None
+        return history.dirty()
+
+    def watch_autocommit(self, target: Target) -> None:
+        """A revision entering `autocommit_block()` commits what it did so far, and each
+        statement in the block commits on its own: once one has run, a failure cannot be
+        rolled back whole (the database is dirty). Its `started` row goes into the
+        transaction Alembic commits on the way in."""
+        context = target.context
+        assert context is not None
+        original = context.autocommit_block
+        inside = [False]
+
+        def statement_started(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            # A statement other than a plain SELECT may leave something behind even when it
+            # fails (CREATE INDEX CONCURRENTLY leaves an INVALID index).
+            if inside[0] and not statement.lstrip().upper().startswith("SELECT"):
+                target.partial = True
+
+        def statement_done(*_: Any) -> None:
+            if inside[0]:
+                target.partial = True  # committed the moment it finished
+
+        event.listen(target.adopted.conn, "before_cursor_execute", statement_started)
+        event.listen(target.adopted.conn, "after_cursor_execute", statement_done)
+
+        @contextmanager
+        def autocommit_block() -> Iterator[None]:
+            history = target.history
+            if target.running is not None and history is not None and history.open_row is None:
+                history.started(target.running[0])
+            inside[0] = True
+            try:
+                with original():
+                    yield
+            finally:
+                inside[0] = False
+
+        context.autocommit_block = autocommit_block  # type: ignore[method-assign]
+
+    def _record_stamp(self, target: Target, work: Work, heads: tuple[str, ...]) -> None:
+        """A stamp that moved nothing (the database is already there) still says who stated
+        the schema is at that revision: its history row clears a dirty mark."""
+        history = target.history
+        if history is None:
+            return
+        stamped = PendingRevision(str(work.target), _joined(heads), "stamp", "stamp")
+        history.applied(stamped, 0)
+        if not target.adopted.external:
+            target.adopted.conn.commit()
+        target.report.stamped.append(stamped.revision)
+        log.info(
+            "revision_stamped",
+            target=target.label,
+            revision=stamped.revision,
+            from_revision=stamped.down_revision,
+        )
+
+    def _record_failure(self, target: Target, exc: BaseException) -> None:
+        """The failed step's history row: `dirty` when part of it may have stayed."""
+        if target.running is None:
+            return
+        info, started = target.running
+        partial = target.partial or not target.transactional
+        if partial and info.kind != "stamp":
+            target.dirty_step = info
+        history = target.history
+        if history is None:
+            return
+        conn = target.adopted.conn
+        if target.adopted.external or conn.closed or conn.invalidated:
+            history.forget_open_row()  # env.py's transaction decides; it is failing
+            return
+        error = self._translate(exc)
+        reason = error.reason if error is not None else _first_line(exc)
+
+        def write() -> None:
+            if conn.in_transaction():
+                conn.rollback()
+            history.failed(info, redact(reason), partial, int((time.monotonic() - started) * 1000))
+            conn.commit()
+
+        db.quiet(write, "history_write_failed")
 
     def _finish(self, target: Target, succeeded: bool) -> None:
         try:
@@ -404,8 +565,13 @@ class Run:
                 run_alembic()
                 return
             except DBAPIError as exc:
-                if db.sqlstate_of(exc) != db.LOCK_NOT_AVAILABLE or target.adopted.external:
-                    raise
+                if (
+                    db.sqlstate_of(exc) != db.LOCK_NOT_AVAILABLE
+                    or target.adopted.external
+                    or target.partial
+                    or not target.transactional
+                ):
+                    raise  # only a step rolled back whole can be run again
                 revision = target.running[0].revision if target.running else None
                 target.running = None
                 self.cancel.check()
@@ -479,12 +645,25 @@ class Run:
                             )
                         )
                     adopted.verify_lock()
-                target.running = (describe_step(step), time.monotonic())
+                info = describe_step(step)
+                target.running = (info, time.monotonic())
                 target.heads_after_step = None
+                target.partial = False
+                self._before_step(target, info)
                 yield step
             self._step_done(target)
 
         return steps
+
+    def _before_step(self, target: Target, info: PendingRevision) -> None:
+        """A step a rollback cannot undo gets its `started` row, committed, before it runs."""
+        history = target.history
+        if history is None or target.transactional or info.kind == "stamp":
+            return
+        history.started(info)
+        if not target.adopted.conn.in_transaction() or target.adopted.external:
+            return
+        target.adopted.conn.commit()
 
     def _step_done(self, target: Target) -> None:
         if target.running is None:
@@ -594,7 +773,7 @@ class Run:
             if connect_error is not None:
                 return connect_error
             backend = target.adopted.backend if target else "postgresql"
-            return db.classify(exc, backend, where, **fields)
+            return _dirty_note(target, db.classify(exc, backend, where, **fields))
         if isinstance(exc, CommandError):
             return GraphError(str(exc).splitlines()[0], **fields)
         reason = _first_line(exc)
@@ -608,14 +787,31 @@ class Run:
                     **fields,
                     error=type(exc).__name__,
                 )
-            return MigrationFailed(
-                f"revision {step.revision} ({step.message}) failed: {reason}",
-                **fields,
-                error=type(exc).__name__,
+            return _dirty_note(
+                target,
+                MigrationFailed(
+                    f"revision {step.revision} ({step.message}) failed: {reason}",
+                    **fields,
+                    error=type(exc).__name__,
+                ),
             )
         if not self.targets:
             return ConfigError(f"{self.env_py} failed: {reason}", error=type(exc).__name__)
         return MigrationFailed(f"migration failed: {reason}", error=type(exc).__name__)
+
+
+def _dirty_note(target: Target | None, error: RunnerError) -> RunnerError:
+    """A step that failed part-way says so in the run's reason: it is the last chance to
+    tell before the next run refuses."""
+    if target is None or target.dirty_step is None:
+        return error
+    step = target.dirty_step
+    error.reason += (
+        f"; revision {step.revision} may be partly applied (its DDL commits on its own): the "
+        "database is marked dirty, see `migration-runner log`"
+    )
+    error.fields["dirty"] = True
+    return error
 
 
 def _joined(heads: Iterable[str]) -> str | None:

@@ -34,7 +34,8 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
     ExitCode.USAGE: ("usage: bad command-line arguments", "no"),
     ExitCode.PENDING: ("`check`: revisions are pending", "-"),
     ExitCode.GRAPH: (
-        "revision graph: multiple heads, duplicate revision, database ahead with `fail` policy",
+        "revision graph: multiple heads, duplicate revision, database ahead with `fail` "
+        "policy, database dirty (a revision stopped part-way: fix it, then `stamp`)",
         "no",
     ),
     ExitCode.UNAVAILABLE: (
@@ -113,6 +114,13 @@ class DatabaseAhead(GraphError):
             db_revisions=revisions,
         )
         self.revisions = revisions
+
+
+class DirtyDatabase(GraphError):
+    """A revision stopped part-way (the history table says so): nothing runs until a person
+    fixed the schema and said so with `stamp`."""
+
+    outcome = "dirty"
 
 
 class DatabaseUnavailable(RunnerError):

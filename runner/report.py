@@ -63,6 +63,8 @@ class RunReport:
     #: The revision that was running when the failure happened, if any.
     failed_revision: str | None = None
     sqlstate: str | None = None
+    #: The failed revision may be partly applied: the history marks the database dirty.
+    dirty: bool = False
 
     @property
     def applied(self) -> list[AppliedRevision]:
@@ -113,4 +115,6 @@ class RunReport:
             out["revision"] = self.failed_revision
         if self.sqlstate:
             out["sqlstate"] = self.sqlstate
+        if self.dirty:
+            out["dirty"] = True
         return out

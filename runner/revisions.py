@@ -179,6 +179,11 @@ class Graph:
                 heads = self.script.get_heads()
             except CommandError as exc:
                 raise GraphError(f"the revision graph is invalid: {exc}") from None
+            except KeyError as exc:
+                raise GraphError(
+                    f"the revision graph is invalid: a revision names {exc} as its "
+                    "down_revision or dependency, and no revision has that id"
+                ) from None
             except Exception as exc:
                 raise GraphError(
                     f"cannot load a revision file: {_describe_load_error(exc)}",

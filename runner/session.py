@@ -147,6 +147,22 @@ class AdoptedConnection:
         )
         return True
 
+    def lock_is_free(self, key: int | None) -> bool:
+        """Whether no runner holds this target's migration lock right now (taken and given
+        back at once when free)."""
+        if self.lock is not None:
+            return False
+        probe = locks.lock_for(self.conn, self.backend, self.facts.database, self._key(key))
+        if probe.try_acquire():
+            probe.release()
+            return True
+        return False
+
+    def _key(self, key: int | None) -> int:
+        if key is not None:
+            return key
+        return locks.derive_key(self.facts.database, self.lock_schema, self.version_table.name)
+
     def verify_lock(self) -> None:
         if self.lock is not None and not self.lock.is_held():
             raise LockLost(
@@ -195,7 +211,7 @@ class AdoptedConnection:
         """After a failed run on PostgreSQL, name every INVALID index (what a failed or
         interrupted CREATE INDEX CONCURRENTLY leaves behind): it is not rolled back, and the
         rerun fails on it ("already exists") until it is dropped. Best effort, never raises."""
-        self._start_giving_back()
+        self.stop_migrating()
         conn = self.conn
         if self.backend != "postgresql" or self.external or conn.closed or conn.invalidated:
             return
@@ -218,7 +234,8 @@ class AdoptedConnection:
                 index=index,
                 schema=schema,
                 table=table,
-                action=f'DROP INDEX CONCURRENTLY "{schema}"."{index}"; fix the cause, then rerun',
+                action=f'DROP INDEX CONCURRENTLY "{schema}"."{index}"; fix the cause; if the '
+                "run marked the database dirty, `migration-runner stamp` it; then rerun",
             )
 
     # -- giving the connection back ----------------------------------------------------
@@ -229,7 +246,7 @@ class AdoptedConnection:
         the durability of reported work cannot be confirmed (the connection was lost)."""
         if self.external:
             return
-        self._start_giving_back()
+        self.stop_migrating()
         try:
             usable = not (self.conn.closed or self.conn.invalidated)
             if usable and self.conn.in_transaction():
@@ -242,7 +259,7 @@ class AdoptedConnection:
     def after_env(self) -> None:
         """Once env.py is done (it committed or rolled back its own transaction, and has
         usually closed the connection): release what is still held. Never raises."""
-        self._start_giving_back()
+        self.stop_migrating()
         with contextlib.suppress(Exception):
             event.remove(self.conn, "before_cursor_execute", self._refuse_after_cancel)
         if self.external:
@@ -270,7 +287,9 @@ class AdoptedConnection:
             # The server drops a session lock with its connection.
             log.warning("lock_release_failed", key=lock.key, reason=db.one_line(exc))
 
-    def _start_giving_back(self) -> None:
+    def stop_migrating(self) -> None:
+        """From here on only the runner's own clean-up runs on this connection (history,
+        INVALID index report, settings, unlock): let it through a cancelled run."""
         self._giving_back = True
         self.cancel.off_cancel(self._cancel)
 

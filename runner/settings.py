@@ -75,6 +75,8 @@ class Settings:
     idle_in_transaction_timeout: float = 60.0
     wait_timeout: float = 300.0
     lock_key: int | None = None
+    #: The runner's history table, next to the version table; `off` for none.
+    history_table: str = "migration_runner_history"
     log_format: str = "auto"
     log_level: str = "info"
     on_db_ahead: str = "warn"
@@ -83,6 +85,8 @@ class Settings:
     pod_name: str | None = None
     pod_namespace: str | None = None
     job_name: str | None = None
+    #: The image the runner runs in (the chart passes it), recorded in the history table.
+    image: str | None = None
     termination_message_path: Path = Path("/dev/termination-log")
     in_kubernetes: bool = False
     # GitHub Actions step summary and annotations.
@@ -141,6 +145,11 @@ def _at_least_zero(value: float) -> str | None:
 
 def _above_zero(value: float) -> str | None:
     return "must be more than 0" if value <= 0 else None
+
+
+def _identifier(value: str) -> str | None:
+    ok = value and len(value) <= 63 and value.replace("_", "a").isalnum() and not value[0].isdigit()
+    return None if ok else "must be a table name (letters, digits, _) or off"
 
 
 def _integer(value: Any) -> int:
@@ -240,6 +249,7 @@ _SPECS: dict[str, _Spec] = dict(
         _spec("idle_in_transaction_timeout", _seconds, _at_least_zero),
         _spec("wait_timeout", _seconds, _at_least_zero),
         _spec("lock_key", _integer, _int64),
+        _spec("history_table", _text, _identifier),
         _spec("log_format", _one_of("auto", "json", "console")),
         _spec("log_level", _one_of("debug", "info", "warning", "error")),
         _spec("on_db_ahead", _one_of("warn", "fail")),
@@ -247,6 +257,7 @@ _SPECS: dict[str, _Spec] = dict(
         _spec("pod_name", _optional_text),
         _spec("pod_namespace", _optional_text),
         _spec("job_name", _optional_text),
+        _spec("image", _optional_text),
         _spec("termination_message_path", _path),
         _spec(
             "in_kubernetes",

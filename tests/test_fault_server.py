@@ -200,8 +200,12 @@ def test_failed_concurrent_unique_index_is_reported_invalid_and_rerun_after_fix_
     assert [(e["index"], e["table"]) for e in found] == [("ux_t_r0000_code", "t_r0000")]
     assert "DROP INDEX CONCURRENTLY" in found[0]["action"]
 
+    assert result.finished["dirty"] is True, "the index outlived the failure: dirty"
+    refused = run_cli(["upgrade", "--config", str(ini)], url)
+    assert refused.returncode == 65 and "stamp r0000" in refused.finished["reason"]
+
     def fix() -> None:
-        # What the event tells the operator to do, plus fixing the data.
+        # What the events tell the operator to do: drop the index, fix the data, and say so.
         engine = create_engine(pg_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.exec_driver_sql('DROP INDEX CONCURRENTLY "public"."ux_t_r0000_code"')
@@ -209,6 +213,8 @@ def test_failed_concurrent_unique_index_is_reported_invalid_and_rerun_after_fix_
                 "DELETE FROM t_r0000 WHERE id = (SELECT max(id) FROM t_r0000 WHERE code = 'a')"
             )
         engine.dispose()
+        stamped = run_cli(["stamp", "r0000", "--config", str(ini)], url)
+        assert stamped.returncode == 0, stamped.stderr
 
     assert_clean_outcome(
         result,
@@ -217,6 +223,7 @@ def test_failed_concurrent_unique_index_is_reported_invalid_and_rerun_after_fix_
         applied={"r0000"},
         revision_order=ORDER3,
         expect_invalid={"ux_t_r0000_code"},
+        expect_dirty=["r0001"],
         remove_fault=fix,
         config=ini,
         rerun_url=url,

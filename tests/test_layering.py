@@ -37,6 +37,9 @@ ALLOWED: dict[str, set[str]] = {
     },
     "commands": {"drive", "errors", "logs", "revisions"},
     "drive": {
+        "__init__",
+        "history",
+        "redact",
         "db",
         "revisions",
         "session",
@@ -50,6 +53,7 @@ ALLOWED: dict[str, set[str]] = {
     "session": {"db", "lock", "cancel", "errors", "logs"},
     "db": {"redact", "cancel", "errors", "logs"},
     "lock": {"cancel", "errors"},
+    "history": {"errors"},
     "revisions": {"errors"},
     "settings": {"redact", "errors", "urls"},
     "urls": {"redact", "errors"},

@@ -82,6 +82,17 @@ def version_heads(url: str, table: str = "alembic_version") -> set[str]:
     return {str(r[0]) for r in query(url, f"SELECT version_num FROM {table}")}
 
 
+def unfinished_history(url: str, table: str = "migration_runner_history") -> list[object]:
+    """Rows of the runner's history that say a revision may be partly applied. A revision in
+    one PostgreSQL transaction never leaves one: it rolls back with its row."""
+    if scalar(url, "SELECT to_regclass(:t) IS NOT NULL", t=table) is not True:
+        return []
+    return [
+        r[0]
+        for r in query(url, f"SELECT revision FROM {table} WHERE state IN ('started', 'dirty')")
+    ]
+
+
 def leaked(password: str, output: str) -> list[str]:
     """Every form of `password` that appears in `output`."""
     forms = {password, quote(password, safe=""), quote_plus(password), quote(password)}
@@ -97,6 +108,7 @@ def assert_clean_outcome(
     revision_order: list[str] | None = None,
     password: str | None = SENTINEL_PASSWORD,
     expect_invalid: Iterable[str] = (),
+    expect_dirty: Iterable[str] = (),
     lock_release_timeout: float = 10.0,
     remove_fault: Callable[[], None] | None = None,
     rerun: Callable[[], CliResult] | None = None,
@@ -123,6 +135,9 @@ def assert_clean_outcome(
         assert not found, f"password leaked in the output: {found}"
     wait_no_runner_lock(url, lock_release_timeout)
     assert invalid_indexes(url) == set(expect_invalid), context
+    assert unfinished_history(url) == list(expect_dirty), (
+        f"the history table's started/dirty rows are not as expected\n{context}"
+    )
     heads = version_heads(url)
     if applied is not None:
         assert heads == set(applied), f"version at {heads}, expected {set(applied)}\n{context}"
