@@ -7,7 +7,9 @@ terminated with an exit code and a termination message, and the Job Complete or 
 The real `kubernetes` client talks to it through a kubeconfig from `write_kubeconfig`.
 
 Fault modes: `forbid(verb, resource)` / `forbid_all` answer 403 like RBAC does, `hang` holds
-every request (to prove the client's timeouts), and `down()` stops listening.
+every request (to prove the client's timeouts), `slow(verb, resource, seconds)` holds one kind,
+and `down()` stops listening. A pod whose script has many lines and a
+`line_interval` streams its log for as long as a test needs (`follow=true` holds the stream).
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class FakeKubeApi:
         self.forbidden: set[tuple[str, str]] = set()
         self.forbid_all = False
         self.hang = False
+        self.delays: dict[tuple[str, str], float] = {}
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -171,6 +174,10 @@ class FakeKubeApi:
     def forbid(self, verb: str, resource: str) -> None:
         """Answer 403 to `verb` (get, create, delete, list) on `resource` (events, pods, ...)."""
         self.forbidden.add((verb, resource))
+
+    def slow(self, verb: str, resource: str, seconds: float) -> None:
+        """Answer `verb` on `resource` (as in `forbid`) only after `seconds`."""
+        self.delays[(verb, resource)] = seconds
 
     def add_job(self, namespace: str, name: str, uid: str | None = None) -> dict[str, Any]:
         job = {
@@ -457,6 +464,7 @@ def _handler_for(api: FakeKubeApi) -> type[BaseHTTPRequestHandler]:
                         f'{resource} is forbidden: User "system:serviceaccount:fake:runner" '
                         f'cannot {verb} resource "{resource}" (fake API server)',
                     )
+                time.sleep(api.delays.get((verb, resource), 0))
                 args = dict(match.groupdict())
                 with api._lock:
                     if method in ("POST", "DELETE"):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from runner.errors import ConfigError
 from runner.kube import JobStatus, PodStatus
 from runner.logs import captured
 from tests.fake_kube_api import FakeKubeApi, FakePodScript
-from tests.support import cli_env, parse_events
+from tests.faults.live import LiveCli
+from tests.support import CliResult, cli_env, parse_events
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -445,7 +447,15 @@ class _ScriptedJobs:
             return [first]
         return [first, PodStatus("p2", "Succeeded", True, exit_code=0)]
 
-    def stream_log(self, pod: str, container: str | None, out: Any, *, seconds: float) -> bool:
+    def stream_log(
+        self,
+        pod: str,
+        container: str | None,
+        out: Any,
+        *,
+        seconds: float,
+        stop: Callable[[], bool],
+    ) -> bool:
         self.streamed.append(pod)
         out.write(f"{pod}\n".encode())
         return True
@@ -469,7 +479,7 @@ def test_a_retried_pod_is_streamed_too_and_the_last_pods_exit_code_wins() -> Non
     assert (outcome.exit_code, outcome.pod) == (0, "p2")
 
 
-# --- the real CLI ------------------------------------------------------------------------------
+# --- the real CLI -----------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -558,3 +568,129 @@ def test_the_charts_rendered_job_runs_from_stdin(
     assert [(c["name"], c["image"], c.get("args")) for c in created] == [
         (c["name"], c["image"], c.get("args")) for c in rendered_containers
     ]
+
+
+# --- signals: the real CLI, stopped while it follows the Job ----------------------------------
+
+SIGNALS = [
+    pytest.param(signal.SIGTERM, 143, id="SIGTERM"),
+    pytest.param(signal.SIGINT, 130, id="SIGINT"),
+]
+#: From the signal to the process's exit, cleanup included, on a busy CI machine.
+PROMPT_EXIT_S = 5.0
+
+
+def _one_line_then_silence() -> FakePodScript:
+    """A pod that logs one line and then nothing for hours: kube-run sits in a blocked read of
+    the log stream, which only an interruptible follow can leave at once."""
+    return FakePodScript(log_lines=_lines(1000), line_interval=60)
+
+
+def _start_following(fake_api: FakeKubeApi, kubeconfig: str, *args: str) -> LiveCli:
+    run = LiveCli(["kube-run", "--kubeconfig", kubeconfig, "--image", "img", *FAST, *args], None)
+    run.wait_for("pod_started", 30)
+    deadline = time.monotonic() + 10
+    while not fake_api.requests_for("GET", "/log$"):
+        assert time.monotonic() < deadline, "kube-run never asked for the pod's log"
+        time.sleep(0.05)
+    time.sleep(1.0)  # the first line is relayed and the read blocks on the silent stream
+    return run
+
+
+def _assert_one_final_line(result: CliResult, exit_code: int) -> dict[str, Any]:
+    """Every stderr line is a JSON event (no traceback), and the last is the only final one."""
+    assert all(line.startswith("{") for line in result.stderr.splitlines()), result.stderr
+    final = [e for e in result.events if e["event"] in ("kube_run_finished", "kube_run_failed")]
+    assert final == [result.events[-1]], result.stderr
+    assert final[0]["event"] == "kube_run_finished"
+    assert (final[0]["exit_code"], final[0]["outcome"]) == (exit_code, "interrupted")
+    return final[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("sig", "code"), SIGNALS)
+@pytest.mark.parametrize(("cleanup", "deleted"), [("on-success", False), ("always", True)])
+def test_a_signal_while_following_the_log_exits_at_once_and_cleans_up_per_the_flag(
+    fake_api: FakeKubeApi,
+    kubeconfig: str,
+    sig: signal.Signals,
+    code: int,
+    cleanup: str,
+    deleted: bool,
+) -> None:
+    fake_api.next_pod = _one_line_then_silence()
+    run = _start_following(fake_api, kubeconfig, "--cleanup", cleanup)
+    sent = time.monotonic()
+    run.proc.send_signal(sig)
+    result = run.finish(30)
+    took = time.monotonic() - sent
+    assert result.returncode == code, result.stderr
+    assert took < PROMPT_EXIT_S, f"kube-run took {took:.1f}s to stop"
+    final = _assert_one_final_line(result, code)
+    [created] = fake_api.created_jobs()
+    assert final["job"] == created["metadata"]["name"]
+    assert [e["signal"] for e in result.named("signal_received")] == [sig.name]
+    assert result.stdout.splitlines() == _lines(1)  # the log was relayed until the signal
+    deletes = fake_api.requests_for("DELETE", "/jobs/")
+    if deleted:
+        [delete] = deletes
+        assert delete.query.get("propagationPolicy") == ["Background"] or (
+            (delete.body or {}).get("propagationPolicy") == "Background"
+        )
+        assert result.named("job_deleted")
+    else:  # --cleanup on-success keeps an interrupted Job, as it keeps a failed one
+        assert deletes == []
+        assert result.named("job_kept")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_second_signal_during_cleanup_leaves_no_traceback_and_the_first_signal_decides(
+    fake_api: FakeKubeApi, kubeconfig: str
+) -> None:
+    fake_api.next_pod = _one_line_then_silence()
+    fake_api.slow("delete", "jobs", 2.0)
+    run = _start_following(fake_api, kubeconfig, "--cleanup", "always")
+    run.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while not fake_api.requests_for("DELETE", "/jobs/"):
+        assert time.monotonic() < deadline, "kube-run never started deleting the Job"
+        time.sleep(0.02)
+    run.proc.send_signal(signal.SIGINT)  # while the (slow) delete is in flight
+    result = run.finish(30)
+    assert result.returncode == 143, result.stderr
+    _assert_one_final_line(result, 143)
+    assert result.named("job_deleted")  # the cleanup finished despite the second signal
+
+
+def test_a_signal_before_the_job_is_created_creates_none_and_exits_with_its_code(
+    fake_api: FakeKubeApi, kubeconfig: str
+) -> None:
+    interruption = kube_cli.Interruption()
+    interruption.request("SIGTERM", 143)
+    with captured() as logs:
+        code = kube_cli.main(
+            ["--kubeconfig", kubeconfig, "--image", "img", *FAST],
+            stdout=io.BytesIO(),
+            interruption=interruption,
+        )
+    assert code == 143
+    assert fake_api.created_jobs() == []
+    assert logs[-1]["event"] == "kube_run_finished"
+    assert (logs[-1]["outcome"], logs[-1]["job"]) == ("interrupted", None)
+
+
+def test_a_later_signal_does_not_change_the_exit_code_of_the_first() -> None:
+    interruption = kube_cli.Interruption()
+    interruption.request("SIGINT", 130)
+    interruption.request("SIGTERM", 143)
+    assert (interruption.signal_name, interruption.exit_code) == ("SIGINT", 130)
+
+
+def test_an_interrupted_sleep_wakes_within_the_poll_interval() -> None:
+    interruption = kube_cli.Interruption()
+    interruption.request("SIGTERM", 143)
+    began = time.monotonic()
+    interruption.sleep(30)
+    assert time.monotonic() - began < kube_cli.SIGNAL_POLL_S + 0.5
