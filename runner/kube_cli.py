@@ -10,28 +10,33 @@ to finish, and exits with the exit code of the runner's container (its terminate
     69      the Kubernetes API server is not reachable
     77      the API refused a call (RBAC); 78 bad manifest or kubeconfig, or the API rejected it
 
-Progress goes to stderr as log events; stdout carries only the pod's log. SIGTERM/SIGINT (an
-`Interruption`, set by the CLI's handler) stop the follow within moments; `--cleanup` then
-decides about the Job, and the exit code is 143/130. The module imports `runner.kube` (and so
-`kubernetes`) only inside `main`.
+Progress goes to stderr as log events; stdout carries only the pod's log, each line masked
+(`runner.redact`) like the runner's own output. SIGTERM/SIGINT (an `Interruption`, set by the
+CLI's handler) stop the follow within moments; `--cleanup` then decides about the Job, and the
+exit code is 143/130. The module imports `runner.kube` (and so `kubernetes`) only inside `main`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import copy
 import json
+import re
 import secrets
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from runner import redact
 from runner.errors import ConfigError, ExitCode, RunnerError, UsageError
 from runner.logs import log
 
@@ -49,6 +54,10 @@ DEFAULT_CONTAINER = "migrate"
 DEFAULT_SECRET_KEY = "url"  # noqa: S105  # a key name in the Secret, not a secret
 #: How soon a wait notices a signal (the handler itself only sets a flag).
 SIGNAL_POLL_S = 0.1
+#: A log line longer than this is relayed in masked pieces instead of held without bound.
+MAX_HELD_LINE = 1 << 20
+#: A URL from its scheme on, wherever it sits (`NAME=postgresql://...`, a quoted YAML value).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +291,85 @@ def prepare_job(
     return job
 
 
+# --- secrets --------------------------------------------------------------------------------
+
+
+def register_url_passwords(texts: Iterable[str]) -> None:
+    """Remember the password of every `scheme://user:password@` in `texts` (flags, a manifest),
+    as typed and decoded, so that it is masked wherever it shows up later: in the pod's log, in
+    an API error that quotes the manifest, in kube-run's own events."""
+    for text in texts:
+        for match in _URL.finditer(text):
+            redact.register_url_text(match.group())
+            try:
+                password = urlsplit(match.group()).password
+            except ValueError:  # not a URL after all (e.g. an unbalanced "[")
+                continue
+            if password:
+                redact.register(unquote(password))
+
+
+def manifest_strings(objects: Iterable[Any]) -> Iterator[str]:
+    """Every string in the manifest's objects, and the decoded `data` values of its Secrets."""
+    for obj in objects:
+        yield from _strings(obj)
+        if isinstance(obj, dict) and obj.get("kind") == "Secret":
+            for value in (obj.get("data") or {}).values():
+                try:
+                    decoded = base64.b64decode(value)
+                except (binascii.Error, TypeError, ValueError):
+                    continue
+                yield decoded.decode("utf-8", "replace")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+class MaskedLines:
+    """Relays a pod's log to `out` with every line masked (`redact.redact`) first.
+
+    A line is held until its newline arrives, so that a secret split across two chunks of the
+    stream is masked whole; `finish` relays a last line that has no newline."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._pending = b""
+
+    def write(self, data: bytes, /) -> int:
+        self._pending += data
+        complete, newline, rest = self._pending.rpartition(b"\n")
+        if newline:
+            self._out.write(_masked(complete + newline))
+            self._pending = rest
+        if len(self._pending) > MAX_HELD_LINE:
+            self._out.write(_masked(self._pending))
+            self._pending = b""
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def finish(self) -> None:
+        if self._pending:
+            self._out.write(_masked(self._pending))
+            self._pending = b""
+        self._out.flush()
+
+
+def _masked(data: bytes) -> bytes:
+    # surrogateescape: bytes that are not UTF-8 come out exactly as they went in.
+    text = data.decode("utf-8", "surrogateescape")
+    return redact.redact(text).encode("utf-8", "surrogateescape")
+
+
 # --- following the Job ----------------------------------------------------------------------
 
 
@@ -355,7 +443,7 @@ def follow_job(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] | None = None,
 ) -> Outcome:
-    """Stream each pod's log as it starts; when the Job finishes, the runner's exit
+    """Stream each pod's log (masked) as it starts; when the Job finishes, the runner's exit
     code. A signal (`interruption`) ends the follow within moments: outcome "interrupted"."""
     stopping = interruption or Interruption()
     sleep = sleep or stopping.sleep
@@ -373,13 +461,17 @@ def follow_job(
                 log.info("pod_started", job=name, pod=pod.name)
                 # Bounded by --timeout: when it runs out, the check below ends the run.
                 remaining = max(timeout - (clock() - began), 0.1)
-                jobs.stream_log(
-                    pod.name,
-                    container,
-                    out,
-                    seconds=remaining,
-                    stop=lambda: stopping.requested,
-                )
+                relay = MaskedLines(out)
+                try:
+                    jobs.stream_log(
+                        pod.name,
+                        container,
+                        relay,
+                        seconds=remaining,
+                        stop=lambda: stopping.requested,
+                    )
+                finally:
+                    relay.finish()
             elif not pod.started and pod.waiting_reason and pod.waiting_reason != last_waiting:
                 last_waiting = pod.waiting_reason
                 log.info("pod_waiting", job=name, pod=pod.name, reason=pod.waiting_reason)
@@ -448,6 +540,8 @@ def main(
 ) -> int:
     """Run `kube-run ARGV`; returns the exit code (the CLI exits with it). The CLI's signal
     handler sets `interruption`."""
+    # Before anything is written: a usage error may echo a flag holding a database URL.
+    register_url_passwords(argv)
     parser = build_parser()
     try:
         options = parser.parse_args(argv)
@@ -481,7 +575,10 @@ def _job_spec(options: argparse.Namespace) -> JobSpec:
             raise ConfigError(
                 f"cannot read the manifest {options.manifest}: {exc.strerror}"
             ) from exc
-        return read_manifest(text)
+        register_url_passwords([text])  # before a parse error can quote it
+        spec = read_manifest(text)
+        register_url_passwords(manifest_strings([spec.job, *spec.others]))
+        return spec
     if not options.image:
         raise UsageError("kube-run needs --manifest PATH, or --image (with --secret)")
     try:

@@ -8,7 +8,8 @@ The real `kubernetes` client talks to it through a kubeconfig from `write_kubeco
 
 Fault modes: `forbid(verb, resource)` / `forbid_all` answer 403 like RBAC does, `hang` holds
 every request (to prove the client's timeouts), `slow(verb, resource, seconds)` holds one kind,
-and `down()` stops listening. A pod whose script has many lines and a
+`reject_jobs` answers 422 quoting the Job's env (as the API server's "Invalid value" messages
+quote a manifest), and `down()` stops listening. A pod whose script has many lines and a
 `line_interval` streams its log for as long as a test needs (`follow=true` holds the stream).
 """
 
@@ -118,6 +119,7 @@ class FakeKubeApi:
         self.forbid_all = False
         self.hang = False
         self.delays: dict[tuple[str, str], float] = {}
+        self.reject_jobs = False
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -232,6 +234,14 @@ class FakeKubeApi:
 
     def _create_job(self, ns: str, body: Any, query: dict[str, list[str]]) -> _Reply:
         name = body["metadata"]["name"]
+        if self.reject_jobs:
+            env = body["spec"]["template"]["spec"]["containers"][0].get("env", [])
+            return _status(
+                422,
+                "Invalid",
+                f'Job.batch "{name}" is invalid: spec.template.spec.containers[0].env: '
+                f"Invalid value: {json.dumps(env)}: rejected by the fake API server",
+            )
         if (ns, name) in self.jobs:
             return _status(409, "AlreadyExists", f'jobs.batch "{name}" already exists')
         job = json.loads(json.dumps(body))

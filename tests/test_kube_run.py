@@ -6,6 +6,7 @@ which plays one scripted pod per Job created.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import signal
@@ -15,10 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
-from runner import kube_cli
+from runner import kube_cli, redact
 from runner.errors import ConfigError
 from runner.kube import JobStatus, PodStatus
 from runner.logs import captured
@@ -113,6 +115,19 @@ def kube_run(argv: list[str], out: Any = None) -> tuple[int, bytes, list[dict[st
 
 def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == name]
+
+
+def cli_kube_run(args: list[str]) -> CliResult:
+    """`python -m runner kube-run ARGS`, the real CLI in a process of its own."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "kube-run", *args, *FAST],
+        env=cli_env(None),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stderr))
 
 
 def test_job_from_flags_has_the_image_secret_config_and_command(
@@ -694,3 +709,133 @@ def test_an_interrupted_sleep_wakes_within_the_poll_interval() -> None:
     began = time.monotonic()
     interruption.sleep(30)
     assert time.monotonic() - began < kube_cli.SIGNAL_POLL_S + 0.5
+
+
+# --- secrets: nothing kube-run relays or logs carries a password ------------------------------
+
+#: Has a character that a URL must encode, so the raw and the encoded form differ.
+GIVEN_PASSWORD = "Giv3n/pass-w0rd"
+
+
+@pytest.fixture
+def own_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty secret registry for this test, and the suite's own back afterwards."""
+    monkeypatch.setattr(redact, "_secrets", set())
+
+
+def _manifest_with_url(url: str) -> str:
+    return f"""\
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: app-migrate}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: migrate
+          image: registry.example/app-migrations:1.0.0
+          env:
+            - name: MIGRATION_DATABASE_URL
+              value: "{url}"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_database_url_in_a_pod_log_line_reaches_stdout_with_its_password_masked(
+    fake_api: FakeKubeApi, kubeconfig: str
+) -> None:
+    leaky = {"event": "settings_dump", "url": "postgresql://app:S3cr3t-pass@db/app"}
+    fake_api.next_pod = FakePodScript(log_lines=[*_lines(1), json.dumps(leaky)])
+    result = cli_kube_run(["--kubeconfig", kubeconfig, "--image", "img"])
+    assert result.returncode == 0, result.stderr
+    assert "S3cr3t-pass" not in result.output
+    assert result.stdout.splitlines() == [
+        *_lines(1),
+        json.dumps({**leaky, "url": "postgresql://app:***@db/app"}),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("given_by", ["manifest", "flag"])
+def test_a_url_password_kube_run_was_given_never_reaches_stdout_or_stderr(
+    fake_api: FakeKubeApi, kubeconfig: str, tmp_path: Path, given_by: str
+) -> None:
+    """The pod echoes the bare password (which only a registered secret can mask)."""
+    encoded = quote(GIVEN_PASSWORD, safe="")
+    url = f"postgresql://app:{encoded}@db/app"
+    if given_by == "manifest":
+        manifest = tmp_path / "job.yaml"
+        manifest.write_text(_manifest_with_url(url))
+        source = ["-f", str(manifest)]
+    else:
+        source = ["--image", "img", "--env", f"MIGRATION_DATABASE_URL={url}"]
+    fake_api.next_pod = FakePodScript(
+        log_lines=[f"password {GIVEN_PASSWORD}", f"encoded {encoded}", "done"],
+        exit_code=70,
+        termination_message=json.dumps({**SUMMARY, "reason": f"bad password {GIVEN_PASSWORD}"}),
+    )
+    result = cli_kube_run(["--kubeconfig", kubeconfig, *source])
+    assert result.returncode == 70, result.stderr
+    for form in (GIVEN_PASSWORD, encoded):
+        assert form not in result.stdout and form not in result.stderr
+    assert result.stdout.splitlines() == ["password ***", "encoded ***", "done"]
+    [finished] = result.named("kube_run_finished")
+    assert finished["runner"]["reason"] == "bad password ***"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_an_api_error_quoting_the_manifests_database_url_is_masked_on_stderr(
+    fake_api: FakeKubeApi, kubeconfig: str, tmp_path: Path
+) -> None:
+    encoded = quote(GIVEN_PASSWORD, safe="")
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(_manifest_with_url(f"postgresql://app:{encoded}@db/app"))
+    fake_api.reject_jobs = True
+    result = cli_kube_run(["--kubeconfig", kubeconfig, "-f", str(manifest)])
+    assert result.returncode == 78, result.stderr
+    assert GIVEN_PASSWORD not in result.output and encoded not in result.output
+    [failed] = result.named("kube_run_failed")
+    assert "postgresql://app:***@db/app" in failed["reason"]  # the message itself came through
+
+
+def test_a_secret_split_across_two_chunks_of_the_log_stream_is_masked_whole() -> None:
+    out = io.BytesIO()
+    relay = kube_cli.MaskedLines(out)
+    relay.write(b'{"url": "postgresql://app:S3cr')
+    relay.write(b't-pass@db/app"}\nno newline at the end: postgresql://u:S3cr3t-pass@h')
+    relay.finish()
+    assert out.getvalue() == (
+        b'{"url": "postgresql://app:***@db/app"}\nno newline at the end: postgresql://u:***@h'
+    )
+
+
+def test_bytes_that_are_not_utf8_pass_the_relay_unchanged() -> None:
+    out = io.BytesIO()
+    relay = kube_cli.MaskedLines(out)
+    relay.write(b"caf\xe9 \xff\n")
+    assert out.getvalue() == b"caf\xe9 \xff\n"
+
+
+@pytest.mark.usefixtures("own_secrets")
+def test_url_passwords_are_registered_as_typed_and_decoded() -> None:
+    kube_cli.register_url_passwords(
+        ["--env", "MIGRATION_DATABASE_URL=postgresql://app:p%40ss-w0rd@db/app and more"]
+    )
+    assert redact.redact("p%40ss-w0rd p@ss-w0rd") == "*** ***"
+
+
+@pytest.mark.usefixtures("own_secrets")
+def test_the_url_in_a_secrets_base64_data_is_registered() -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "app-db"},
+        "data": {"url": base64.b64encode(b"postgresql://app:D4ta-pass@db/app").decode()},
+    }
+    kube_cli.register_url_passwords(kube_cli.manifest_strings([secret]))
+    assert redact.redact("echo D4ta-pass") == "echo ***"
