@@ -304,7 +304,23 @@ def _kube_run(
     logs.configure_logging(settings.log_format, settings.log_level, stderr)
     from runner import kube_cli
 
-    return kube_cli.main(argv, stdout=getattr(stdout, "buffer", None))
+    interruption = kube_cli.Interruption()
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        # Only a flag: kube-run works in this (the main) thread, which may hold any lock now.
+        code = ExitCode.SIGTERM if signum == signal.SIGTERM else ExitCode.SIGINT
+        interruption.request(signal.Signals(signum).name, code)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    for signum in _early_signals:
+        on_signal(signum, None)
+    try:
+        return kube_cli.main(
+            argv, stdout=getattr(stdout, "buffer", None), interruption=interruption
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_supervised(work: Callable[[], None], cancel: Any, outcome: dict[str, Any]) -> int:

@@ -12,15 +12,18 @@ goes on without events.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, Protocol, cast
 
 import urllib3
 from kubernetes import client, config
@@ -41,6 +44,10 @@ COMPONENT = "migration-runner"
 MAX_EVENT_MESSAGE = 1024
 #: Where a pod's ServiceAccount namespace is mounted (used when MIGRATION_POD_NAMESPACE is unset).
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+#: How often a log follow checks whether to stop (a signal, or kube-run's --timeout).
+LOG_POLL_S = 0.1
+#: How long a stopped log follow gets to close its connection before it is left behind.
+LOG_STOP_GRACE_S = 1.0
 
 
 class KubeApiError(RunnerError):
@@ -482,36 +489,40 @@ class KubeJobs:
         )
         return [_pod_status(pod, container) for pod in items]
 
-    def stream_log(self, pod: str, container: str | None, out: BinaryIO, *, seconds: float) -> bool:
+    def stream_log(
+        self,
+        pod: str,
+        container: str | None,
+        out: ByteSink,
+        *,
+        seconds: float,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> bool:
         """Copy the container's log to `out` as it comes: True when the log ended, False when
-        `seconds` ran out first (the log still running, or silent)."""
+        `seconds` ran out or `stop()` turned true first (the log still running, or silent).
+
+        The stream is read in a thread of its own while this one checks `stop()` and the time
+        every `LOG_POLL_S`: a read blocked on a silent stream cannot be interrupted otherwise,
+        and a signal must end kube-run within moments, not at the pod's next log line."""
+        follow = _LogFollow(
+            lambda: self._core.read_namespaced_pod_log(
+                pod,
+                self.namespace,
+                container=container,
+                follow=True,
+                _preload_content=False,
+                _request_timeout=(self._timeout[0], seconds),
+            ),
+            out,
+            what=f"reading the log of pod/{pod} in namespace {self.namespace}",
+        )
         deadline = time.monotonic() + seconds
-        with _calling(f"reading the log of pod/{pod} in namespace {self.namespace}"):
-            # With _preload_content=False the client returns the raw urllib3 response.
-            response = cast(
-                urllib3.BaseHTTPResponse,
-                self._core.read_namespaced_pod_log(
-                    pod,
-                    self.namespace,
-                    container=container,
-                    follow=True,
-                    _preload_content=False,
-                    _request_timeout=(self._timeout[0], seconds),
-                ),
-            )
-        try:
-            while chunk := response.read1(65536):
-                out.write(chunk)
-                out.flush()
-                if time.monotonic() >= deadline:
-                    return False
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+        while follow.running() and not stop() and time.monotonic() < deadline:
+            follow.wait(LOG_POLL_S)
+        if follow.running():
+            follow.stop()
             return False
-        except _TRANSPORT_ERRORS as exc:
-            raise _api_error(exc, f"reading the log of pod/{pod}") from exc
-        finally:
-            response.release_conn()
-        return True
+        return follow.result()
 
     def delete_job(self, name: str) -> None:
         with _calling(f"deleting job/{name} in namespace {self.namespace}"):
@@ -521,6 +532,98 @@ class KubeJobs:
                 propagation_policy="Background",
                 _request_timeout=self._timeout,
             )
+
+
+class ByteSink(Protocol):
+    """Where a log stream is copied to (a binary stream, or kube-run's masking relay)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class _LogFollow:
+    """One `follow=true` log request, read in a daemon thread so that the thread that started
+    it can stop waiting for it at any moment (`stop`)."""
+
+    def __init__(self, open_stream: Callable[[], Any], out: ByteSink, *, what: str) -> None:
+        self._open_stream = open_stream
+        self._out = out
+        self._what = what
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._response: urllib3.BaseHTTPResponse | None = None
+        self._ended = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, name="kube-log", daemon=True)
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, seconds: float) -> None:
+        self._thread.join(seconds)
+
+    def result(self) -> bool:
+        """True when the log ended; the reader's error, if it failed, is raised here."""
+        if self._error is not None:
+            raise self._error
+        return self._ended
+
+    def stop(self) -> None:
+        """Make the reader stop at once; give it a moment to close the connection."""
+        with self._lock:
+            self._stopped = True
+            response = self._response
+        if response is not None:
+            _interrupt_read(response)
+        self._thread.join(LOG_STOP_GRACE_S)
+
+    def _read(self) -> None:
+        try:
+            with _calling(self._what):
+                # With _preload_content=False the client returns the raw urllib3 response.
+                response = cast(urllib3.BaseHTTPResponse, self._open_stream())
+        except BaseException as exc:  # handed to the waiting thread by result()
+            self._error = exc
+            return
+        with self._lock:
+            if self._stopped:  # stopped while the request was being sent
+                response.close()
+                return
+            self._response = response
+        try:
+            while chunk := response.read1(65536):
+                if self._stopped:  # nothing more once the caller has moved on
+                    return
+                self._out.write(chunk)
+                self._out.flush()
+            self._ended = not self._stopped
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+            return
+        except _TRANSPORT_ERRORS as exc:
+            if not self._stopped:  # a stopped read fails by design
+                self._error = _api_error(exc, self._what)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            if self._ended:
+                response.release_conn()
+            else:  # a connection left in the middle of a stream must not serve another call
+                response.close()
+
+
+def _interrupt_read(response: urllib3.BaseHTTPResponse) -> None:
+    """End a read blocked in another thread. close() would not: a recv() blocked on a socket
+    is woken by shutdown() only."""
+    with contextlib.suppress(Exception):  # the reader may have finished and closed it
+        shutdown = getattr(response, "shutdown", None)  # urllib3 >= 2.3
+        if shutdown is not None:
+            shutdown()
+            return
+        sock = getattr(getattr(response, "connection", None), "sock", None)
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RD)
 
 
 def _pod_status(pod: Any, container: str | None) -> PodStatus:

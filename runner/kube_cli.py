@@ -10,31 +10,38 @@ to finish, and exits with the exit code of the runner's container (its terminate
     69      the Kubernetes API server is not reachable
     77      the API refused a call (RBAC); 78 bad manifest or kubeconfig, or the API rejected it
 
-Progress goes to stderr as log events; stdout carries only the pod's log. The module imports
-`runner.kube` (and so `kubernetes`) only inside `main`.
+Progress goes to stderr as log events; stdout carries only the pod's log, each line masked
+(`runner.redact`) like the runner's own output. SIGTERM/SIGINT (an `Interruption`, set by the
+CLI's handler) stop the follow within moments; `--cleanup` then decides about the Job, and the
+exit code is 143/130. The module imports `runner.kube` (and so `kubernetes`) only inside `main`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import copy
 import json
+import re
 import secrets
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from runner import redact
 from runner.errors import ConfigError, ExitCode, RunnerError, UsageError
 from runner.logs import log
 
 if TYPE_CHECKING:
-    from runner.kube import JobStatus, KubeJobs, PodStatus
+    from runner.kube import ByteSink, JobStatus, KubeJobs, PodStatus
 
 
 #: Kubernetes label values (and so Job names, which become the `job-name` pod label) max out at 63.
@@ -45,6 +52,12 @@ SUFFIX_LENGTH = 5
 DEFAULT_NAME = "migration-runner"
 DEFAULT_CONTAINER = "migrate"
 DEFAULT_SECRET_KEY = "url"  # noqa: S105  # a key name in the Secret, not a secret
+#: How soon a wait notices a signal (the handler itself only sets a flag).
+SIGNAL_POLL_S = 0.1
+#: A log line longer than this is relayed in masked pieces instead of held without bound.
+MAX_HELD_LINE = 1 << 20
+#: A URL from its scheme on, wherever it sits (`NAME=postgresql://...`, a quoted YAML value).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,7 +291,115 @@ def prepare_job(
     return job
 
 
+# --- secrets --------------------------------------------------------------------------------
+
+
+def register_url_passwords(texts: Iterable[str]) -> None:
+    """Remember the password of every `scheme://user:password@` in `texts` (flags, a manifest),
+    as typed and decoded, so that it is masked wherever it shows up later: in the pod's log, in
+    an API error that quotes the manifest, in kube-run's own events."""
+    for text in texts:
+        for match in _URL.finditer(text):
+            redact.register_url_text(match.group())
+            try:
+                password = urlsplit(match.group()).password
+            except ValueError:  # not a URL after all (e.g. an unbalanced "[")
+                continue
+            if password:
+                redact.register(unquote(password))
+
+
+def manifest_strings(objects: Iterable[Any]) -> Iterator[str]:
+    """Every string in the manifest's objects, and the decoded `data` values of its Secrets."""
+    for obj in objects:
+        yield from _strings(obj)
+        if isinstance(obj, dict) and obj.get("kind") == "Secret":
+            for value in (obj.get("data") or {}).values():
+                try:
+                    decoded = base64.b64decode(value)
+                except (binascii.Error, TypeError, ValueError):
+                    continue
+                yield decoded.decode("utf-8", "replace")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+class MaskedLines:
+    """Relays a pod's log to `out` with every line masked (`redact.redact`) first.
+
+    A line is held until its newline arrives, so that a secret split across two chunks of the
+    stream is masked whole; `finish` relays a last line that has no newline."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._pending = b""
+
+    def write(self, data: bytes, /) -> int:
+        self._pending += data
+        complete, newline, rest = self._pending.rpartition(b"\n")
+        if newline:
+            self._out.write(_masked(complete + newline))
+            self._pending = rest
+        if len(self._pending) > MAX_HELD_LINE:
+            self._out.write(_masked(self._pending))
+            self._pending = b""
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def finish(self) -> None:
+        if self._pending:
+            self._out.write(_masked(self._pending))
+            self._pending = b""
+        self._out.flush()
+
+
+def _masked(data: bytes) -> bytes:
+    # surrogateescape: bytes that are not UTF-8 come out exactly as they went in.
+    text = data.decode("utf-8", "surrogateescape")
+    return redact.redact(text).encode("utf-8", "surrogateescape")
+
+
 # --- following the Job ----------------------------------------------------------------------
+
+
+class Interruption:
+    """Set by the CLI's SIGTERM/SIGINT handler; every wait of kube-run polls it.
+
+    It holds plain attributes only: the handler runs in the main thread between two of
+    kube-run's own bytecodes, and taking a lock there (logging's, a threading.Event's) could
+    deadlock on a lock that this very thread already holds.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self.exit_code = 0
+
+    def request(self, signal_name: str, exit_code: int) -> None:
+        """The first signal decides the exit code; a second one changes nothing."""
+        if self.signal_name is None:
+            self.exit_code = exit_code
+            self.signal_name = signal_name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep `seconds`, or less: within SIGNAL_POLL_S of a signal."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, SIGNAL_POLL_S))
 
 
 class JobsApi(Protocol):
@@ -289,14 +410,20 @@ class JobsApi(Protocol):
     def job_pods(self, job_name: str, container: str | None) -> list[PodStatus]: ...
 
     def stream_log(
-        self, pod: str, container: str | None, out: BinaryIO, *, seconds: float
+        self,
+        pod: str,
+        container: str | None,
+        out: ByteSink,
+        *,
+        seconds: float,
+        stop: Callable[[], bool],
     ) -> bool: ...
 
 
 @dataclass
 class Outcome:
     exit_code: int
-    #: kube-run's own outcome: finished, not_started, timeout.
+    #: kube-run's own outcome: finished, not_started, timeout, interrupted.
     outcome: str
     pod: str | None = None
     #: The runner's termination message (its run summary), parsed when it is JSON.
@@ -312,10 +439,14 @@ def follow_job(
     start_timeout: float,
     timeout: float,
     poll_interval: float,
+    interruption: Interruption | None = None,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> Outcome:
-    """Stream each pod's log as it starts; when the Job finishes, the runner's exit code."""
+    """Stream each pod's log (masked) as it starts; when the Job finishes, the runner's exit
+    code. A signal (`interruption`) ends the follow within moments: outcome "interrupted"."""
+    stopping = interruption or Interruption()
+    sleep = sleep or stopping.sleep
     began = clock()
     streamed: list[str] = []
     last_waiting: str | None = None
@@ -323,17 +454,31 @@ def follow_job(
         status = jobs.job_status(name)
         pods = jobs.job_pods(name, container)
         for pod in pods:
+            if stopping.requested:
+                break
             if pod.started and pod.name not in streamed:
                 streamed.append(pod.name)
                 log.info("pod_started", job=name, pod=pod.name)
                 # Bounded by --timeout: when it runs out, the check below ends the run.
                 remaining = max(timeout - (clock() - began), 0.1)
-                jobs.stream_log(pod.name, container, out, seconds=remaining)
+                relay = MaskedLines(out)
+                try:
+                    jobs.stream_log(
+                        pod.name,
+                        container,
+                        relay,
+                        seconds=remaining,
+                        stop=lambda: stopping.requested,
+                    )
+                finally:
+                    relay.finish()
             elif not pod.started and pod.waiting_reason and pod.waiting_reason != last_waiting:
                 last_waiting = pod.waiting_reason
                 log.info("pod_waiting", job=name, pod=pod.name, reason=pod.waiting_reason)
         if status.finished:
             return _finished(status, pods, started=bool(streamed))
+        if stopping.requested:
+            return _interrupted(stopping, name, pod=streamed[-1] if streamed else None)
         elapsed = clock() - began
         if not streamed and elapsed >= start_timeout:
             log.error(
@@ -347,6 +492,18 @@ def follow_job(
             log.error("job_timeout", job=name, timeout_s=timeout)
             return Outcome(ExitCode.TEMPORARY, "timeout", pod=streamed[-1] if streamed else None)
         sleep(poll_interval)
+
+
+def _interrupted(interruption: Interruption, job: str | None, *, pod: str | None) -> Outcome:
+    log.warning(
+        "signal_received",
+        signal=interruption.signal_name,
+        job=job,
+        action="stopped following the Job; --cleanup decides whether it is deleted"
+        if job
+        else "no Job was created",
+    )
+    return Outcome(interruption.exit_code, "interrupted", pod=pod)
 
 
 def _finished(status: JobStatus, pods: list[PodStatus], *, started: bool) -> Outcome:
@@ -375,8 +532,16 @@ def _parse(message: str | None) -> Any:
 # --- the command ----------------------------------------------------------------------------
 
 
-def main(argv: list[str], *, stdout: BinaryIO | None = None) -> int:
-    """Run `kube-run ARGV`; returns the exit code (the CLI exits with it)."""
+def main(
+    argv: list[str],
+    *,
+    stdout: BinaryIO | None = None,
+    interruption: Interruption | None = None,
+) -> int:
+    """Run `kube-run ARGV`; returns the exit code (the CLI exits with it). The CLI's signal
+    handler sets `interruption`."""
+    # Before anything is written: a usage error may echo a flag holding a database URL.
+    register_url_passwords(argv)
     parser = build_parser()
     try:
         options = parser.parse_args(argv)
@@ -384,7 +549,7 @@ def main(argv: list[str], *, stdout: BinaryIO | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
     out = stdout if stdout is not None else sys.stdout.buffer
     try:
-        return _run(options, out)
+        return _run(options, out, interruption or Interruption())
     except RunnerError as exc:
         log.error(
             "kube_run_failed",
@@ -410,7 +575,10 @@ def _job_spec(options: argparse.Namespace) -> JobSpec:
             raise ConfigError(
                 f"cannot read the manifest {options.manifest}: {exc.strerror}"
             ) from exc
-        return read_manifest(text)
+        register_url_passwords([text])  # before a parse error can quote it
+        spec = read_manifest(text)
+        register_url_passwords(manifest_strings([spec.job, *spec.others]))
+        return spec
     if not options.image:
         raise UsageError("kube-run needs --manifest PATH, or --image (with --secret)")
     try:
@@ -431,7 +599,7 @@ def _job_spec(options: argparse.Namespace) -> JobSpec:
     )
 
 
-def _run(options: argparse.Namespace, out: BinaryIO) -> int:
+def _run(options: argparse.Namespace, out: BinaryIO, interruption: Interruption) -> int:
     if options.start_timeout <= 0 or options.timeout <= 0 or options.poll_interval <= 0:
         raise UsageError("--start-timeout, --timeout and --poll-interval must be positive")
     spec = _job_spec(options)
@@ -457,9 +625,13 @@ def _run(options: argparse.Namespace, out: BinaryIO) -> int:
             image=options.image if options.manifest else None,
             container=options.container,
         )
+        if interruption.requested:  # nothing to follow and nothing to clean up
+            outcome = _interrupted(interruption, None, pod=None)
+            _report_finished(None, namespace, outcome)
+            return outcome.exit_code
         name = jobs.create_job(body)
         log.info("job_created", job=name, namespace=namespace)
-        return _follow_and_clean(jobs, name, options, out)
+        return _follow_and_clean(jobs, name, options, out, interruption)
     finally:
         jobs.close()
 
@@ -481,7 +653,13 @@ def _create_dependencies(
         log.info("object_created" if created else "object_exists", kind=kind, name=name)
 
 
-def _follow_and_clean(jobs: KubeJobs, name: str, options: argparse.Namespace, out: BinaryIO) -> int:
+def _follow_and_clean(
+    jobs: KubeJobs,
+    name: str,
+    options: argparse.Namespace,
+    out: BinaryIO,
+    interruption: Interruption,
+) -> int:
     outcome: Outcome | None = None
     try:
         outcome = follow_job(
@@ -492,10 +670,8 @@ def _follow_and_clean(jobs: KubeJobs, name: str, options: argparse.Namespace, ou
             start_timeout=options.start_timeout,
             timeout=options.timeout,
             poll_interval=options.poll_interval,
+            interruption=interruption,
         )
-    except KeyboardInterrupt:
-        log.warning("kube_run_interrupted", job=name)
-        outcome = Outcome(ExitCode.SIGINT, "interrupted")
     finally:
         # When an API call failed, outcome is None: delete the Job only with --cleanup always.
         code = outcome.exit_code if outcome is not None else None
@@ -503,17 +679,22 @@ def _follow_and_clean(jobs: KubeJobs, name: str, options: argparse.Namespace, ou
             _delete(jobs, name)
         else:
             log.info("job_kept", job=name, namespace=jobs.namespace, cleanup=options.cleanup)
+    _report_finished(name, jobs.namespace, outcome)
+    return int(outcome.exit_code)
+
+
+def _report_finished(job: str | None, namespace: str, outcome: Outcome) -> None:
+    """kube-run's last line."""
     report = log.info if outcome.exit_code == 0 else log.error
     report(
         "kube_run_finished",
-        job=name,
-        namespace=jobs.namespace,
+        job=job,
+        namespace=namespace,
         exit_code=int(outcome.exit_code),
         outcome=outcome.outcome,
         pod=outcome.pod,
         runner=outcome.runner,
     )
-    return int(outcome.exit_code)
 
 
 def _delete(jobs: KubeJobs, name: str) -> None:

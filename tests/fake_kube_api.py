@@ -7,7 +7,10 @@ terminated with an exit code and a termination message, and the Job Complete or 
 The real `kubernetes` client talks to it through a kubeconfig from `write_kubeconfig`.
 
 Fault modes: `forbid(verb, resource)` / `forbid_all` answer 403 like RBAC does, `hang` holds
-every request (to prove the client's timeouts), and `down()` stops listening.
+every request (to prove the client's timeouts), `slow(verb, resource, seconds)` holds one kind,
+`reject_jobs` answers 422 quoting the Job's env (as the API server's "Invalid value" messages
+quote a manifest), and `down()` stops listening. A pod whose script has many lines and a
+`line_interval` streams its log for as long as a test needs (`follow=true` holds the stream).
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ class FakeKubeApi:
         self.forbidden: set[tuple[str, str]] = set()
         self.forbid_all = False
         self.hang = False
+        self.delays: dict[tuple[str, str], float] = {}
+        self.reject_jobs = False
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -172,6 +177,10 @@ class FakeKubeApi:
         """Answer 403 to `verb` (get, create, delete, list) on `resource` (events, pods, ...)."""
         self.forbidden.add((verb, resource))
 
+    def slow(self, verb: str, resource: str, seconds: float) -> None:
+        """Answer `verb` on `resource` (as in `forbid`) only after `seconds`."""
+        self.delays[(verb, resource)] = seconds
+
     def add_job(self, namespace: str, name: str, uid: str | None = None) -> dict[str, Any]:
         job = {
             "apiVersion": "batch/v1",
@@ -225,6 +234,14 @@ class FakeKubeApi:
 
     def _create_job(self, ns: str, body: Any, query: dict[str, list[str]]) -> _Reply:
         name = body["metadata"]["name"]
+        if self.reject_jobs:
+            env = body["spec"]["template"]["spec"]["containers"][0].get("env", [])
+            return _status(
+                422,
+                "Invalid",
+                f'Job.batch "{name}" is invalid: spec.template.spec.containers[0].env: '
+                f"Invalid value: {json.dumps(env)}: rejected by the fake API server",
+            )
         if (ns, name) in self.jobs:
             return _status(409, "AlreadyExists", f'jobs.batch "{name}" already exists')
         job = json.loads(json.dumps(body))
@@ -457,6 +474,7 @@ def _handler_for(api: FakeKubeApi) -> type[BaseHTTPRequestHandler]:
                         f'{resource} is forbidden: User "system:serviceaccount:fake:runner" '
                         f'cannot {verb} resource "{resource}" (fake API server)',
                     )
+                time.sleep(api.delays.get((verb, resource), 0))
                 args = dict(match.groupdict())
                 with api._lock:
                     if method in ("POST", "DELETE"):

@@ -6,23 +6,27 @@ which plays one scripted pod per Job created.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
-from runner import kube_cli
+from runner import kube_cli, redact
 from runner.errors import ConfigError
 from runner.kube import JobStatus, PodStatus
 from runner.logs import captured
 from tests.fake_kube_api import FakeKubeApi, FakePodScript
-from tests.support import cli_env, parse_events
+from tests.faults.live import LiveCli
+from tests.support import CliResult, cli_env, parse_events
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -111,6 +115,19 @@ def kube_run(argv: list[str], out: Any = None) -> tuple[int, bytes, list[dict[st
 
 def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == name]
+
+
+def cli_kube_run(args: list[str]) -> CliResult:
+    """`python -m runner kube-run ARGS`, the real CLI in a process of its own."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "kube-run", *args, *FAST],
+        env=cli_env(None),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stderr))
 
 
 def test_job_from_flags_has_the_image_secret_config_and_command(
@@ -445,7 +462,15 @@ class _ScriptedJobs:
             return [first]
         return [first, PodStatus("p2", "Succeeded", True, exit_code=0)]
 
-    def stream_log(self, pod: str, container: str | None, out: Any, *, seconds: float) -> bool:
+    def stream_log(
+        self,
+        pod: str,
+        container: str | None,
+        out: Any,
+        *,
+        seconds: float,
+        stop: Callable[[], bool],
+    ) -> bool:
         self.streamed.append(pod)
         out.write(f"{pod}\n".encode())
         return True
@@ -469,7 +494,7 @@ def test_a_retried_pod_is_streamed_too_and_the_last_pods_exit_code_wins() -> Non
     assert (outcome.exit_code, outcome.pod) == (0, "p2")
 
 
-# --- the real CLI ------------------------------------------------------------------------------
+# --- the real CLI -----------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -558,3 +583,259 @@ def test_the_charts_rendered_job_runs_from_stdin(
     assert [(c["name"], c["image"], c.get("args")) for c in created] == [
         (c["name"], c["image"], c.get("args")) for c in rendered_containers
     ]
+
+
+# --- signals: the real CLI, stopped while it follows the Job ----------------------------------
+
+SIGNALS = [
+    pytest.param(signal.SIGTERM, 143, id="SIGTERM"),
+    pytest.param(signal.SIGINT, 130, id="SIGINT"),
+]
+#: From the signal to the process's exit, cleanup included, on a busy CI machine.
+PROMPT_EXIT_S = 5.0
+
+
+def _one_line_then_silence() -> FakePodScript:
+    """A pod that logs one line and then nothing for hours: kube-run sits in a blocked read of
+    the log stream, which only an interruptible follow can leave at once."""
+    return FakePodScript(log_lines=_lines(1000), line_interval=60)
+
+
+def _start_following(fake_api: FakeKubeApi, kubeconfig: str, *args: str) -> LiveCli:
+    run = LiveCli(["kube-run", "--kubeconfig", kubeconfig, "--image", "img", *FAST, *args], None)
+    run.wait_for("pod_started", 30)
+    deadline = time.monotonic() + 10
+    while not fake_api.requests_for("GET", "/log$"):
+        assert time.monotonic() < deadline, "kube-run never asked for the pod's log"
+        time.sleep(0.05)
+    time.sleep(1.0)  # the first line is relayed and the read blocks on the silent stream
+    return run
+
+
+def _assert_one_final_line(result: CliResult, exit_code: int) -> dict[str, Any]:
+    """Every stderr line is a JSON event (no traceback), and the last is the only final one."""
+    assert all(line.startswith("{") for line in result.stderr.splitlines()), result.stderr
+    final = [e for e in result.events if e["event"] in ("kube_run_finished", "kube_run_failed")]
+    assert final == [result.events[-1]], result.stderr
+    assert final[0]["event"] == "kube_run_finished"
+    assert (final[0]["exit_code"], final[0]["outcome"]) == (exit_code, "interrupted")
+    return final[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("sig", "code"), SIGNALS)
+@pytest.mark.parametrize(("cleanup", "deleted"), [("on-success", False), ("always", True)])
+def test_a_signal_while_following_the_log_exits_at_once_and_cleans_up_per_the_flag(
+    fake_api: FakeKubeApi,
+    kubeconfig: str,
+    sig: signal.Signals,
+    code: int,
+    cleanup: str,
+    deleted: bool,
+) -> None:
+    fake_api.next_pod = _one_line_then_silence()
+    run = _start_following(fake_api, kubeconfig, "--cleanup", cleanup)
+    sent = time.monotonic()
+    run.proc.send_signal(sig)
+    result = run.finish(30)
+    took = time.monotonic() - sent
+    assert result.returncode == code, result.stderr
+    assert took < PROMPT_EXIT_S, f"kube-run took {took:.1f}s to stop"
+    final = _assert_one_final_line(result, code)
+    [created] = fake_api.created_jobs()
+    assert final["job"] == created["metadata"]["name"]
+    assert [e["signal"] for e in result.named("signal_received")] == [sig.name]
+    assert result.stdout.splitlines() == _lines(1)  # the log was relayed until the signal
+    deletes = fake_api.requests_for("DELETE", "/jobs/")
+    if deleted:
+        [delete] = deletes
+        assert delete.query.get("propagationPolicy") == ["Background"] or (
+            (delete.body or {}).get("propagationPolicy") == "Background"
+        )
+        assert result.named("job_deleted")
+    else:  # --cleanup on-success keeps an interrupted Job, as it keeps a failed one
+        assert deletes == []
+        assert result.named("job_kept")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_second_signal_during_cleanup_leaves_no_traceback_and_the_first_signal_decides(
+    fake_api: FakeKubeApi, kubeconfig: str
+) -> None:
+    fake_api.next_pod = _one_line_then_silence()
+    fake_api.slow("delete", "jobs", 2.0)
+    run = _start_following(fake_api, kubeconfig, "--cleanup", "always")
+    run.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while not fake_api.requests_for("DELETE", "/jobs/"):
+        assert time.monotonic() < deadline, "kube-run never started deleting the Job"
+        time.sleep(0.02)
+    run.proc.send_signal(signal.SIGINT)  # while the (slow) delete is in flight
+    result = run.finish(30)
+    assert result.returncode == 143, result.stderr
+    _assert_one_final_line(result, 143)
+    assert result.named("job_deleted")  # the cleanup finished despite the second signal
+
+
+def test_a_signal_before_the_job_is_created_creates_none_and_exits_with_its_code(
+    fake_api: FakeKubeApi, kubeconfig: str
+) -> None:
+    interruption = kube_cli.Interruption()
+    interruption.request("SIGTERM", 143)
+    with captured() as logs:
+        code = kube_cli.main(
+            ["--kubeconfig", kubeconfig, "--image", "img", *FAST],
+            stdout=io.BytesIO(),
+            interruption=interruption,
+        )
+    assert code == 143
+    assert fake_api.created_jobs() == []
+    assert logs[-1]["event"] == "kube_run_finished"
+    assert (logs[-1]["outcome"], logs[-1]["job"]) == ("interrupted", None)
+
+
+def test_a_later_signal_does_not_change_the_exit_code_of_the_first() -> None:
+    interruption = kube_cli.Interruption()
+    interruption.request("SIGINT", 130)
+    interruption.request("SIGTERM", 143)
+    assert (interruption.signal_name, interruption.exit_code) == ("SIGINT", 130)
+
+
+def test_an_interrupted_sleep_wakes_within_the_poll_interval() -> None:
+    interruption = kube_cli.Interruption()
+    interruption.request("SIGTERM", 143)
+    began = time.monotonic()
+    interruption.sleep(30)
+    assert time.monotonic() - began < kube_cli.SIGNAL_POLL_S + 0.5
+
+
+# --- secrets: nothing kube-run relays or logs carries a password ------------------------------
+
+#: Has a character that a URL must encode, so the raw and the encoded form differ.
+GIVEN_PASSWORD = "Giv3n/pass-w0rd"
+
+
+@pytest.fixture
+def own_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty secret registry for this test, and the suite's own back afterwards."""
+    monkeypatch.setattr(redact, "_secrets", set())
+
+
+def _manifest_with_url(url: str) -> str:
+    return f"""\
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: app-migrate}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: migrate
+          image: registry.example/app-migrations:1.0.0
+          env:
+            - name: MIGRATION_DATABASE_URL
+              value: "{url}"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_database_url_in_a_pod_log_line_reaches_stdout_with_its_password_masked(
+    fake_api: FakeKubeApi, kubeconfig: str
+) -> None:
+    leaky = {"event": "settings_dump", "url": "postgresql://app:S3cr3t-pass@db/app"}
+    fake_api.next_pod = FakePodScript(log_lines=[*_lines(1), json.dumps(leaky)])
+    result = cli_kube_run(["--kubeconfig", kubeconfig, "--image", "img"])
+    assert result.returncode == 0, result.stderr
+    assert "S3cr3t-pass" not in result.output
+    assert result.stdout.splitlines() == [
+        *_lines(1),
+        json.dumps({**leaky, "url": "postgresql://app:***@db/app"}),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("given_by", ["manifest", "flag"])
+def test_a_url_password_kube_run_was_given_never_reaches_stdout_or_stderr(
+    fake_api: FakeKubeApi, kubeconfig: str, tmp_path: Path, given_by: str
+) -> None:
+    """The pod echoes the bare password (which only a registered secret can mask)."""
+    encoded = quote(GIVEN_PASSWORD, safe="")
+    url = f"postgresql://app:{encoded}@db/app"
+    if given_by == "manifest":
+        manifest = tmp_path / "job.yaml"
+        manifest.write_text(_manifest_with_url(url))
+        source = ["-f", str(manifest)]
+    else:
+        source = ["--image", "img", "--env", f"MIGRATION_DATABASE_URL={url}"]
+    fake_api.next_pod = FakePodScript(
+        log_lines=[f"password {GIVEN_PASSWORD}", f"encoded {encoded}", "done"],
+        exit_code=70,
+        termination_message=json.dumps({**SUMMARY, "reason": f"bad password {GIVEN_PASSWORD}"}),
+    )
+    result = cli_kube_run(["--kubeconfig", kubeconfig, *source])
+    assert result.returncode == 70, result.stderr
+    for form in (GIVEN_PASSWORD, encoded):
+        assert form not in result.stdout and form not in result.stderr
+    assert result.stdout.splitlines() == ["password ***", "encoded ***", "done"]
+    [finished] = result.named("kube_run_finished")
+    assert finished["runner"]["reason"] == "bad password ***"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_an_api_error_quoting_the_manifests_database_url_is_masked_on_stderr(
+    fake_api: FakeKubeApi, kubeconfig: str, tmp_path: Path
+) -> None:
+    encoded = quote(GIVEN_PASSWORD, safe="")
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(_manifest_with_url(f"postgresql://app:{encoded}@db/app"))
+    fake_api.reject_jobs = True
+    result = cli_kube_run(["--kubeconfig", kubeconfig, "-f", str(manifest)])
+    assert result.returncode == 78, result.stderr
+    assert GIVEN_PASSWORD not in result.output and encoded not in result.output
+    [failed] = result.named("kube_run_failed")
+    assert "postgresql://app:***@db/app" in failed["reason"]  # the message itself came through
+
+
+def test_a_secret_split_across_two_chunks_of_the_log_stream_is_masked_whole() -> None:
+    out = io.BytesIO()
+    relay = kube_cli.MaskedLines(out)
+    relay.write(b'{"url": "postgresql://app:S3cr')
+    relay.write(b't-pass@db/app"}\nno newline at the end: postgresql://u:S3cr3t-pass@h')
+    relay.finish()
+    assert out.getvalue() == (
+        b'{"url": "postgresql://app:***@db/app"}\nno newline at the end: postgresql://u:***@h'
+    )
+
+
+def test_bytes_that_are_not_utf8_pass_the_relay_unchanged() -> None:
+    out = io.BytesIO()
+    relay = kube_cli.MaskedLines(out)
+    relay.write(b"caf\xe9 \xff\n")
+    assert out.getvalue() == b"caf\xe9 \xff\n"
+
+
+@pytest.mark.usefixtures("own_secrets")
+def test_url_passwords_are_registered_as_typed_and_decoded() -> None:
+    kube_cli.register_url_passwords(
+        ["--env", "MIGRATION_DATABASE_URL=postgresql://app:p%40ss-w0rd@db/app and more"]
+    )
+    assert redact.redact("p%40ss-w0rd p@ss-w0rd") == "*** ***"
+
+
+@pytest.mark.usefixtures("own_secrets")
+def test_the_url_in_a_secrets_base64_data_is_registered() -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "app-db"},
+        "data": {"url": base64.b64encode(b"postgresql://app:D4ta-pass@db/app").decode()},
+    }
+    kube_cli.register_url_passwords(kube_cli.manifest_strings([secret]))
+    assert redact.redact("echo D4ta-pass") == "echo ***"

@@ -66,7 +66,7 @@ ALLOWED: dict[str, set[str]] = {
     "github": {"errors", "observers", "report", "logs"},
     "termination": {"observers", "report", "logs"},
     "kube": {"errors", "observers", "report", "settings", "logs"},
-    "kube_cli": {"errors", "logs", "kube"},
+    "kube_cli": {"errors", "logs", "kube", "redact"},
 }
 
 
