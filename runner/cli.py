@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from runner.observers import RunObserver
     from runner.settings import Settings
 
+
+#: Where the kubelet reads a container's termination message unless the pod says otherwise.
+KUBELET_TERMINATION_LOG = Path("/dev/termination-log")
 
 #: After SIGTERM, how long the worker gets to roll back and release the lock. Kubernetes
 #: sends SIGKILL after terminationGracePeriodSeconds (30 s by default); stay well inside it.
@@ -404,10 +408,13 @@ def observers_for(settings: Any, stdout: TextIO) -> list[RunObserver]:
         from runner.github import GitHubObserver
 
         observers.append(GitHubObserver(settings.github_step_summary, stdout))
-    if settings.in_kubernetes:
+    termination_path = settings.termination_message_path or (
+        KUBELET_TERMINATION_LOG if settings.in_kubernetes else None
+    )
+    if termination_path is not None:
         from runner.termination import TerminationMessageObserver
 
-        observers.append(TerminationMessageObserver(settings.termination_message_path))
+        observers.append(TerminationMessageObserver(termination_path))
     wants_events = settings.kube_events == "on" or (
         settings.kube_events == "auto" and settings.in_kubernetes
     )

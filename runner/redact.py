@@ -1,41 +1,74 @@
 """Remembers the secrets of this process and scrubs them from any text that leaves it.
 
-This is the backstop behind the first line of defence (URLs are only ever rendered with
-`hide_password=True`): every log line and every error reason passes through `redact`.
+Masking happens once, before anything is written: every value of every log event (the
+runner's, and stdlib records from any logger, masked at creation), the run report that every
+other sink reads (step summary, annotations, termination message, Kubernetes Events), and
+whatever the project prints (`MaskedStream`). URLs are only ever rendered with
+`hide_password=True` on top of that.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 from typing import TextIO
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 MASK = "***"
 _secrets: set[str] = set()
 # Shortest secret worth scrubbing: masking "a" or "1" everywhere would wreck every log line and
 # such a password is not a secret anyone can keep anyway.
 _MIN_LEN = 3
-_USERINFO = re.compile(r"://[^/?#@\s]*?:(?P<password>[^@\s]*)@")
+# The backstop: the password part of any `scheme://user:password@host`, whoever wrote it. A
+# space may sit in it (SQLAlchemy renders one unescaped); `@` and `/` cannot (every URL
+# renderer escapes them), so the match ends at the first `@`.
+_USERINFO = re.compile(r"://[^\s:/?#@]*:(?P<password>[^@/\r\n]+?)@")
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+
+
+def spellings(secret: str) -> set[str]:
+    """Every way `secret` may be printed: as given; percent-encoded fully, with urllib's
+    default safe characters, as SQLAlchemy renders a URL, and in lower-case hex; form-encoded;
+    escaped inside a JSON string or a Python repr."""
+    encoded = quote(secret, safe="")
+    forms = {
+        secret,
+        encoded,
+        _PERCENT.sub(lambda m: m.group(0).lower(), encoded),
+        quote(secret),
+        quote(secret, safe=" +"),  # sqlalchemy.engine.URL.render_as_string
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        repr(secret)[1:-1],
+    }
+    return {form for form in forms if len(form) >= _MIN_LEN}
 
 
 def register(secret: str | None) -> None:
-    """Remember `secret` in every form it may be printed: raw and URL-encoded."""
-    if not secret:
-        return
-    for form in {secret, quote(secret, safe=""), quote_plus(secret), quote(secret)}:
-        if len(form) >= _MIN_LEN:
-            _secrets.add(form)
+    """Remember `secret`, in every spelling, for masking from now on."""
+    if secret:
+        _secrets.update(spellings(secret))
+        _secrets.update(spellings(unquote(secret)))
 
 
 def register_url_text(raw_url: str) -> None:
-    """Remember the password of a URL as the user typed it, even when it does not parse."""
-    match = _USERINFO.search(raw_url)
-    if match and match.group("password"):
-        register(match.group("password"))
+    """Remember the password of a URL as the user typed it (and decoded), even when it does
+    not parse: everything between the first `:` after `scheme://` and the last `@` (and, in
+    case, only up to the first `@`)."""
+    _, sep, rest = raw_url.strip().partition("://")
+    if not sep or "@" not in rest:
+        return
+    userinfo = rest.rsplit("@", 1)[0]
+    if ":" in userinfo:
+        password = userinfo.split(":", 1)[1]
+        register(password)
+        register(password.split("@", 1)[0])  # a stray unencoded `@` ends it early for some
 
 
 def redact(text: str) -> str:
+    """`text` with every registered secret, and the password of every URL in it, masked."""
     # Longest first, so that an encoded form is masked whole rather than around a shorter one.
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
@@ -43,7 +76,7 @@ def redact(text: str) -> str:
     return _USERINFO.sub(
         lambda m: (
             m.group(0).replace(m.group("password"), MASK)
-            if m.group("password") and m.group("password") != MASK
+            if m.group("password") != MASK
             else m.group(0)
         ),
         text,

@@ -87,7 +87,9 @@ class Settings:
     job_name: str | None = None
     #: The image the runner runs in (the chart passes it), recorded in the history table.
     image: str | None = None
-    termination_message_path: Path = Path("/dev/termination-log")
+    #: Where the run's summary is written for `kubectl get pod` (in a pod by default at the
+    #: kubelet's `/dev/termination-log`); set, it is written anywhere (a compose volume).
+    termination_message_path: Path | None = None
     in_kubernetes: bool = False
     # GitHub Actions step summary and annotations.
     github_actions: bool = False

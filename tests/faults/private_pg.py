@@ -46,9 +46,12 @@ def free_port() -> int:
 class PrivateServer:
     """One cluster in a temporary directory; `stop(mode)`/`start()` drive it like an operator."""
 
-    def __init__(self, bindir: Path, root: Path) -> None:
+    def __init__(self, bindir: Path, root: Path, admin_password: str | None = None) -> None:
+        """`admin_password`: TCP logins need a password (scram-sha-256), so a wrong one is
+        refused as on a production server; otherwise trust."""
         self.bindir = bindir
         self.root = root
+        self.admin_password = admin_password
         self.datadir = root / "data"
         self.logfile = root / "server.log"
         self.port = free_port()
@@ -65,13 +68,20 @@ class PrivateServer:
         if self._as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
             self.root.chmod(0o700)
+        auth = ["--auth=trust"]
+        if self.admin_password is not None:
+            pwfile = self.root / "pwfile"
+            pwfile.write_text(self.admin_password + "\n")
+            if self._as_postgres:
+                shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         done = self._cmd(
             str(self.bindir / "initdb"),
             "-D",
             str(self.datadir),
             "-U",
             "postgres",
-            "--auth=trust",
+            *auth,
             "--no-sync",
             "-E",
             "UTF8",
@@ -122,7 +132,8 @@ class PrivateServer:
             return ""
 
     def admin_url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+        login = f"postgres:{self.admin_password}" if self.admin_password else "postgres"
+        return f"postgresql+psycopg2://{login}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self) -> str:
         """A fresh database on this server; returns its URL."""
@@ -152,15 +163,31 @@ class PrivateServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module", name="private_pg")
-def private_pg_fixture() -> Iterator[PrivateServer]:
-    """A PostgreSQL server the test module owns: it may be stopped, crashed and restarted."""
+def _private_server(admin_password: str | None = None) -> PrivateServer:
     bindir = _bindir()
     if bindir is None:
         if os.environ.get("CI"):
-            pytest.fail("CI must run the restart tests: no PostgreSQL binaries found")
+            pytest.fail("CI must run the private-server tests: no PostgreSQL binaries found")
         pytest.skip("no PostgreSQL server binaries (Debian postgresql or pgserver) found")
-    server = PrivateServer(bindir, Path(tempfile.mkdtemp(prefix="mr-private-pg-")))
+    return PrivateServer(bindir, Path(tempfile.mkdtemp(prefix="mr-private-pg-")), admin_password)
+
+
+@pytest.fixture(scope="module", name="private_pg")
+def private_pg_fixture() -> Iterator[PrivateServer]:
+    """A PostgreSQL server the test module owns: it may be stopped, crashed and restarted."""
+    server = _private_server()
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="module", name="password_pg")
+def password_pg_fixture() -> Iterator[PrivateServer]:
+    """A private server that checks passwords over TCP (scram-sha-256), as production does."""
+    server = _private_server(admin_password="admin-pw-for-tests")
     server.init()
     server.start()
     try:
