@@ -154,10 +154,11 @@ def build_image(
     *,
     dockerfile: str = "Dockerfile",
     build_args: dict[str, str] | None = None,
+    context: Path = REPO,
     timeout: float = 1500,
 ) -> subprocess.CompletedProcess[str]:
-    """`podman build` from the repo root, offline-safe: never pulls, trusts the machine's CA
-    bundle through a build secret (never a build arg)."""
+    """`podman build` (from the repo root unless `context` says otherwise), offline-safe: never
+    pulls, trusts the machine's CA bundle through a build secret (never a build arg)."""
     args = [
         *pm,
         "build",
@@ -173,7 +174,7 @@ def build_image(
         args += ["--build-arg", f"{key}={value}"]
     if CA_BUNDLE.exists():
         args += ["--secret", f"id=pip_ca,src={CA_BUNDLE}"]
-    return run([*args, str(REPO)], timeout=timeout)
+    return run([*args, str(context)], timeout=timeout)
 
 
 # --- helm -------------------------------------------------------------------------------------
