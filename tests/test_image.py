@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from runner.errors import ExitCode
+from tests.support import TCP_POSTGRES_HINT
 from tests.support_tools import (
     PODMAN_RUN,
     REPO,
@@ -58,8 +59,8 @@ def pm() -> list[str]:
 def runner_image(pm: list[str]) -> str:
     if not (REPO / "README.md").exists():
         missing(
-            "README.md is missing",
-            hint="pyproject.toml's `readme` needs it to build the runner's wheel in the image",
+            "README.md is missing (pyproject.toml's `readme` needs it to build the wheel)",
+            "git checkout README.md",
         )
     base = ensure_base_image(pm)
     started = time.monotonic()
@@ -87,7 +88,7 @@ def db_url(pg_url: str) -> str:
     if not url.host or url.query.get("host"):
         missing(
             "the test PostgreSQL is reached through a Unix socket, the image tests need TCP",
-            hint="set MIGRATION_TEST_POSTGRES_URL=postgresql://user@127.0.0.1:5432/postgres",
+            TCP_POSTGRES_HINT,
         )
     return pg_url
 

@@ -23,10 +23,26 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
+from tests.support import enable_hint
+
 _DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def _bindir() -> Path | None:
+def can_run_here() -> bool:
+    """PostgreSQL refuses to run as root: as root it needs the `postgres` OS user."""
+    if os.geteuid() != 0:
+        return True
+    import pwd
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return False
+    return True
+
+
+def server_bindir() -> Path | None:
+    """The PostgreSQL server binaries: Debian's, else the ones bundled with `pgserver`."""
     if (_DEBIAN_BIN / "pg_ctl").exists():
         return _DEBIAN_BIN
     try:
@@ -46,12 +62,13 @@ def free_port() -> int:
 class PrivateServer:
     """One cluster in a temporary directory; `stop(mode)`/`start()` drive it like an operator."""
 
-    def __init__(self, bindir: Path, root: Path) -> None:
+    def __init__(self, bindir: Path, root: Path, max_connections: int = 60) -> None:
         self.bindir = bindir
         self.root = root
         self.datadir = root / "data"
         self.logfile = root / "server.log"
         self.port = free_port()
+        self.max_connections = max_connections
         self._as_postgres = os.geteuid() == 0
 
     def _cmd(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -82,7 +99,7 @@ class PrivateServer:
             conf.write(
                 f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\nfsync = off\n"
-                "max_connections = 60\nshared_buffers = 16MB\n"
+                f"max_connections = {self.max_connections}\nshared_buffers = 16MB\n"
             )
 
     def start(self, wait: bool = True) -> None:
@@ -155,11 +172,14 @@ class PrivateServer:
 @pytest.fixture(scope="module", name="private_pg")
 def private_pg_fixture() -> Iterator[PrivateServer]:
     """A PostgreSQL server the test module owns: it may be stopped, crashed and restarted."""
-    bindir = _bindir()
+    bindir = server_bindir()
     if bindir is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run the restart tests: no PostgreSQL binaries found")
-        pytest.skip("no PostgreSQL server binaries (Debian postgresql or pgserver) found")
+        pytest.skip(
+            "no PostgreSQL server binaries (Debian postgresql or pgserver) found"
+            + enable_hint("scripts/test.sh (requirements-dev.lock installs pgserver)")
+        )
     server = PrivateServer(bindir, Path(tempfile.mkdtemp(prefix="mr-private-pg-")))
     server.init()
     server.start()
