@@ -65,6 +65,23 @@ def test_compose_mounts_only_files_that_exist(compose: dict[str, Any]) -> None:
                 assert Path(source).exists(), f"{name}: {source}"
 
 
+def test_app_with_runner_compose_overrides_the_apps_entrypoint() -> None:
+    """Recipe B in compose: the same image migrates (runner as entrypoint) and then serves (its
+    own entrypoint). `command:` alone would be handed to the app's ENTRYPOINT as arguments.
+    (tests/test_image.py runs the image with this service's entrypoint and command.)"""
+    exe = require_tool("docker-compose")
+    path = DEPLOY / "docker-compose.app-with-runner.yml"
+    resolved = yaml.safe_load(run([exe, "-f", str(path), "config"]).stdout)
+    migrate, app = resolved["services"]["migrate"], resolved["services"]["app"]
+    assert migrate["entrypoint"] == ["migration-runner"]
+    assert migrate["command"] == ["upgrade"]
+    assert (REPO / migrate["build"]["dockerfile"]).is_file()
+    assert migrate["restart"] == "no" and migrate["read_only"] is True
+    assert app["image"] == migrate["image"], "one image for both"
+    assert "entrypoint" not in app and "command" not in app
+    assert app["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
 # --- plain Kubernetes manifests ---------------------------------------------------------------
 
 
