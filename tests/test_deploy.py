@@ -127,6 +127,7 @@ def test_k8s_job_keeps_the_same_safe_defaults_as_the_chart() -> None:
     )
     assert budget + 30 < spec["activeDeadlineSeconds"] < 300
     assert spec["ttlSecondsAfterFinished"] >= 3600
+    assert spec["podReplacementPolicy"] == "Failed"
     (fail,) = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
     assert set(fail["onExitCodes"]["values"]) == {int(x) for x in PERMANENT_EXIT_CODES}
     assert fail["onExitCodes"]["containerName"] == c["name"]
