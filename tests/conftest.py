@@ -29,7 +29,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from tests.faults.private_pg import PrivateServer, can_run_here, server_bindir
+from tests.faults.private_pg import (
+    PrivateServer,
+    can_run_here,
+    pgserver_bindir,
+    server_bindir,
+)
 from tests.support import CI, ENABLE_MARKER, enable_hint
 
 _PG_ENV = "MIGRATION_TEST_POSTGRES_URL"
@@ -63,7 +68,7 @@ def pg_server_url() -> Iterator[URL]:
         yield _as_psycopg2(make_url(configured))
         return
     workdir = Path(tempfile.mkdtemp(prefix="migration-runner-pg-"))
-    bindir = server_bindir()
+    bindir = pgserver_bindir() or server_bindir()
     if bindir is not None and can_run_here():
         # pgserver itself only listens on a Unix socket; its binaries, started like the fault
         # tests' private server, listen on 127.0.0.1 (trust authentication, fsync off).

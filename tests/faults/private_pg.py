@@ -41,16 +41,22 @@ def can_run_here() -> bool:
     return True
 
 
-def server_bindir() -> Path | None:
-    """The PostgreSQL server binaries: Debian's, else the ones bundled with `pgserver`."""
-    if (_DEBIAN_BIN / "pg_ctl").exists():
-        return _DEBIAN_BIN
+def pgserver_bindir() -> Path | None:
+    """The binaries bundled with `pgserver`. The suite's throwaway server uses these, so that
+    it and tests/parity.py's pg_dump (pgserver's too) are the same PostgreSQL version."""
     try:
         import pgserver
     except ImportError:
         return None
     bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
     return bundled if (bundled / "pg_ctl").exists() else None
+
+
+def server_bindir() -> Path | None:
+    """The PostgreSQL server binaries: Debian's, else the ones bundled with `pgserver`."""
+    if (_DEBIAN_BIN / "pg_ctl").exists():
+        return _DEBIAN_BIN
+    return pgserver_bindir()
 
 
 def free_port() -> int:
