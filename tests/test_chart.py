@@ -45,6 +45,12 @@ COMBOS: dict[str, dict[str, Any]] = {
         "waitInitContainer": {"enabled": True},
     },
     "argo": {"argo": {"enabled": True}},
+    "argo_hooks_off": {
+        "hooks": {"enabled": False},
+        "argo": {"enabled": True},
+        "job": {"nameSuffix": "{{ .Values.image.tag }}"},
+        "image": {"tag": "1.2.3"},
+    },
     "sidecar_quit": {
         "istio": {"disableInjection": False},
         "sidecarQuit": {"istio": True, "cloudSqlProxy": True, "urls": ["http://127.0.0.1:9999/q"]},
@@ -98,8 +104,8 @@ def _write_values(values: dict[str, Any], tmp: Path) -> Path:
 
 
 @cache
-def _render_text(values_json: str) -> str:
-    """`helm template` with the values given on stdin, cached per combination."""
+def _render_text(values_json: str, kube_version: str = OLDEST_KUBE) -> str:
+    """`helm template` with the values given on stdin, cached per combination and version."""
     proc = run(
         [
             helm(),
@@ -109,7 +115,7 @@ def _render_text(values_json: str) -> str:
             "--namespace",
             NAMESPACE,
             "--kube-version",
-            OLDEST_KUBE,
+            kube_version,
             "--values",
             "-",
         ],
@@ -118,8 +124,10 @@ def _render_text(values_json: str) -> str:
     return proc.stdout
 
 
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    text = _render_text(json.dumps(values or {}, sort_keys=True))
+def render(
+    values: dict[str, Any] | None = None, kube_version: str = OLDEST_KUBE
+) -> list[dict[str, Any]]:
+    text = _render_text(json.dumps(values or {}, sort_keys=True), kube_version)
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
@@ -138,8 +146,10 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
-def the_job(values: dict[str, Any] | None = None) -> dict[str, Any]:
-    jobs = by_kind(render(values), "Job")
+def the_job(
+    values: dict[str, Any] | None = None, kube_version: str = OLDEST_KUBE
+) -> dict[str, Any]:
+    jobs = by_kind(render(values, kube_version), "Job")
     assert len(jobs) == 1
     return jobs[0]
 
@@ -160,7 +170,9 @@ def annotations_of(doc: dict[str, Any]) -> dict[str, str]:
 # --- lint and schema validation ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("combo", ["defaults", "create_secret", "gitops_hooks_off", "everything"])
+@pytest.mark.parametrize(
+    "combo", ["defaults", "create_secret", "gitops_hooks_off", "argo_hooks_off", "everything"]
+)
 def test_helm_lint_strict_passes(combo: str, tmp_path: Path) -> None:
     proc = run(
         [helm(), "lint", "--strict", str(CHART), "-f", str(_write_values(COMBOS[combo], tmp_path))]
@@ -275,7 +287,8 @@ def test_job_never_restarts_in_place_and_retries_little(combo: str) -> None:
     job = the_job(COMBOS[combo])
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert 0 < job["spec"]["backoffLimit"] <= 3
-    assert job["spec"]["ttlSecondsAfterFinished"] >= 3600, "failed pods' logs stay readable"
+    if not COMBOS[combo].get("argo", {}).get("enabled"):  # Argo CD: see the Argo tests below
+        assert job["spec"]["ttlSecondsAfterFinished"] >= 3600, "failed pods' logs stay readable"
 
 
 @pytest.mark.parametrize("combo", sorted(COMBOS))
@@ -380,10 +393,68 @@ def test_gitops_switch_removes_every_helm_hook_annotation() -> None:
     )
 
 
-def test_argo_annotations_make_the_job_a_presync_hook() -> None:
-    ann = annotations_of(the_job(COMBOS["argo"]))
+def _policies(annotation: str) -> set[str]:
+    return {p.strip() for p in annotation.split(",")}
+
+
+@pytest.mark.parametrize("combo", ["argo", "argo_hooks_off"])
+def test_argo_annotations_make_the_job_a_presync_hook(combo: str) -> None:
+    ann = annotations_of(the_job(COMBOS[combo]))
     assert ann["argocd.argoproj.io/hook"] == "PreSync"
-    assert ann["argocd.argoproj.io/hook-delete-policy"] == "BeforeHookCreation"
+    assert _policies(ann["argocd.argoproj.io/hook-delete-policy"]) == {
+        "BeforeHookCreation",
+        "HookSucceeded",
+    }
+
+
+@pytest.mark.parametrize("kube_version", ["1.28.0", OLDEST_KUBE, "1.34.0"])
+@pytest.mark.parametrize("combo", ["argo", "argo_hooks_off"])
+def test_argo_job_has_no_ttl_and_argo_deletes_what_succeeded(combo: str, kube_version: str) -> None:
+    """Argo CD loses track of a hook Job the TTL controller deletes (the sync hangs waiting for
+    it, or the app shows OutOfSync/Missing): with argo.enabled there is no TTL, and Argo CD's own
+    delete policy removes the Job (and what it needs) once it succeeded."""
+    docs = render(COMBOS[combo], kube_version)
+    (job,) = by_kind(docs, "Job")
+    assert "ttlSecondsAfterFinished" not in job["spec"]
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            continue  # the wait snippet is not a hook
+        policies = _policies(annotations_of(doc)["argocd.argoproj.io/hook-delete-policy"])
+        assert "HookSucceeded" in policies, doc["kind"]
+        assert "BeforeHookCreation" in policies, f"{doc['kind']}: a rerun replaces a failed one"
+
+
+@pytest.mark.parametrize("combo", ["defaults", "gitops_hooks_off", "create_secret"])
+def test_without_argo_the_ttl_is_kept_and_no_argo_annotation_appears(combo: str) -> None:
+    docs = render(COMBOS[combo])
+    assert by_kind(docs, "Job")[0]["spec"]["ttlSecondsAfterFinished"] == 86400
+    for doc in docs:
+        assert not any(k.startswith("argocd.argoproj.io/") for k in annotations_of(doc)), doc
+
+
+def test_argo_delete_policy_without_hook_succeeded_is_refused(tmp_path: Path) -> None:
+    err = render_fails(
+        {"argo": {"enabled": True, "hookDeletePolicy": "BeforeHookCreation"}}, tmp_path
+    )
+    assert "must include HookSucceeded" in err
+    # Unknown policy names are a schema error, not a silently ignored annotation.
+    render_fails({"argo": {"hookDeletePolicy": "HookSucceded"}}, tmp_path)
+
+
+@pytest.mark.parametrize("argo", [False, True])
+@pytest.mark.parametrize(
+    ("kube_version", "expected"),
+    [("1.27.0", None), ("1.28.9", None), ("1.29.0", "Failed"), ("1.31.2", "Failed")],
+)
+def test_pod_replacement_policy_failed_from_kubernetes_1_29(
+    kube_version: str, expected: str | None, argo: bool
+) -> None:
+    """A retry starts only after the previous pod fully terminated (it may still be rolling back
+    and releasing the lock). Beta and on by default from 1.29; alpha behind a gate in 1.28."""
+    job = the_job({"argo": {"enabled": argo}}, kube_version)
+    assert job["spec"].get("podReplacementPolicy") == expected
+    without_pfp = the_job({"job": {"podFailurePolicy": False}}, kube_version)
+    assert without_pfp["spec"].get("podReplacementPolicy") == expected
 
 
 @pytest.mark.parametrize("combo", sorted(COMBOS))

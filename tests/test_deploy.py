@@ -65,6 +65,23 @@ def test_compose_mounts_only_files_that_exist(compose: dict[str, Any]) -> None:
                 assert Path(source).exists(), f"{name}: {source}"
 
 
+def test_app_with_runner_compose_overrides_the_apps_entrypoint() -> None:
+    """Recipe B in compose: the same image migrates (runner as entrypoint) and then serves (its
+    own entrypoint). `command:` alone would be handed to the app's ENTRYPOINT as arguments.
+    (tests/test_image.py runs the image with this service's entrypoint and command.)"""
+    exe = require_tool("docker-compose")
+    path = DEPLOY / "docker-compose.app-with-runner.yml"
+    resolved = yaml.safe_load(run([exe, "-f", str(path), "config"]).stdout)
+    migrate, app = resolved["services"]["migrate"], resolved["services"]["app"]
+    assert migrate["entrypoint"] == ["migration-runner"]
+    assert migrate["command"] == ["upgrade"]
+    assert (REPO / migrate["build"]["dockerfile"]).is_file()
+    assert migrate["restart"] == "no" and migrate["read_only"] is True
+    assert app["image"] == migrate["image"], "one image for both"
+    assert "entrypoint" not in app and "command" not in app
+    assert app["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
 # --- plain Kubernetes manifests ---------------------------------------------------------------
 
 
@@ -110,6 +127,7 @@ def test_k8s_job_keeps_the_same_safe_defaults_as_the_chart() -> None:
     )
     assert budget + 30 < spec["activeDeadlineSeconds"] < 300
     assert spec["ttlSecondsAfterFinished"] >= 3600
+    assert spec["podReplacementPolicy"] == "Failed"
     (fail,) = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
     assert set(fail["onExitCodes"]["values"]) == {int(x) for x in PERMANENT_EXIT_CODES}
     assert fail["onExitCodes"]["containerName"] == c["name"]
@@ -133,7 +151,10 @@ def test_k8s_job_keeps_the_same_safe_defaults_as_the_chart() -> None:
 # --- Dockerfiles ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/Dockerfile.example-app"])
+@pytest.mark.parametrize(
+    "dockerfile",
+    ["Dockerfile", "deploy/Dockerfile.example-app", "deploy/Dockerfile.app-with-runner"],
+)
 def test_hadolint_passes_at_warning_threshold(dockerfile: str) -> None:
     hadolint = require_tool("hadolint")
     proc = run([hadolint, "--failure-threshold", "warning", str(REPO / dockerfile)], check=False)
@@ -163,5 +184,9 @@ def test_build_context_allow_list_names_files_that_exist() -> None:
     allowed = [ln[1:].rstrip("/") for ln in lines if ln.startswith("!")]
     assert {"pyproject.toml", "README.md", "requirements.lock", "runner"} <= set(allowed)
     for path in allowed:
-        if path != "README.md":  # written with the user docs
-            assert (REPO / path).exists(), path
+        if path == "README.md":  # written with the user docs
+            continue
+        if path.startswith("dist/"):  # a build output: the wheel recipe B installs
+            assert path == "dist/alembic_migration_runner-*.whl", path
+            continue
+        assert (REPO / path).exists(), path

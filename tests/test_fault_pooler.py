@@ -18,7 +18,14 @@ from sqlalchemy.engine import make_url
 
 from tests.faults.checks import assert_clean_outcome, version_heads
 from tests.faults.private_pg import free_port
-from tests.support import CI, chain, run_cli, write_project
+from tests.support import (
+    CI,
+    TCP_POSTGRES_HINT,
+    chain,
+    enable_hint,
+    run_cli,
+    write_project,
+)
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
@@ -31,15 +38,14 @@ def bouncer_url(pg_url: str) -> Iterator[str]:
             pytest.fail(
                 "CI must run the pooler test: install pgbouncer (scripts/install-system-tools.sh)"
             )
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+        pytest.skip(
+            "pgbouncer is not installed" + enable_hint("sudo bash scripts/install-system-tools.sh")
+        )
     target = make_url(pg_url)
     if not target.host or "host" in target.query:
         if CI:
             pytest.fail("CI must run the pooler test: MIGRATION_TEST_POSTGRES_URL must be TCP")
-        pytest.skip(
-            "the pooler test needs PostgreSQL over TCP; set MIGRATION_TEST_POSTGRES_URL "
-            "(the throwaway pgserver listens on a unix socket only)"
-        )
+        pytest.skip("the pooler test needs PostgreSQL over TCP" + enable_hint(TCP_POSTGRES_HINT))
     host = target.host
     workdir = Path(tempfile.mkdtemp(prefix="mr-pgbouncer-"))
     port = free_port()

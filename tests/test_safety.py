@@ -14,7 +14,16 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from tests.support import Rev, chain, finish, run_cli, start_cli, with_credentials, write_project
+from tests.support import (
+    Rev,
+    chain,
+    enable_hint,
+    finish,
+    run_cli,
+    start_cli,
+    with_credentials,
+    write_project,
+)
 from tests.test_upgrade import ADVISORY_LOCKS_HERE, execute, scalar
 
 ALTER = Rev(
@@ -181,7 +190,13 @@ def test_wrong_password_exits_77_and_never_prints_it(tmp_path: Path, pg_url: str
     finally:
         execute(pg_url, f"DROP ROLE {role}")
     if result.returncode == 0:
-        pytest.skip("this server trusts every login (no password check), e.g. pgserver")
+        pytest.skip(
+            "this server trusts every login (no password check)"
+            + enable_hint(
+                "export MIGRATION_TEST_POSTGRES_URL=postgresql://USER:PASSWORD@HOST:5432/postgres"
+                " (a server with password authentication)"
+            )
+        )
     assert result.returncode == 77, result.stderr
     assert result.finished["outcome"] == "permission_denied"
     for form in (password, "Wr0ng%20p%40ss", "Wr0ng+p%40ss"):

@@ -23,18 +23,40 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
+from tests.support import enable_hint
+
 _DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def _bindir() -> Path | None:
-    if (_DEBIAN_BIN / "pg_ctl").exists():
-        return _DEBIAN_BIN
+def can_run_here() -> bool:
+    """PostgreSQL refuses to run as root: as root it needs the `postgres` OS user."""
+    if os.geteuid() != 0:
+        return True
+    import pwd
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return False
+    return True
+
+
+def pgserver_bindir() -> Path | None:
+    """The binaries bundled with `pgserver`. The suite's throwaway server uses these, so that
+    it and tests/parity.py's pg_dump (pgserver's too) are the same PostgreSQL version."""
     try:
         import pgserver
     except ImportError:
         return None
     bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
     return bundled if (bundled / "pg_ctl").exists() else None
+
+
+def server_bindir() -> Path | None:
+    """The PostgreSQL server binaries: Debian's, else the ones bundled with `pgserver`."""
+    if (_DEBIAN_BIN / "pg_ctl").exists():
+        return _DEBIAN_BIN
+    return pgserver_bindir()
 
 
 def free_port() -> int:
@@ -46,7 +68,13 @@ def free_port() -> int:
 class PrivateServer:
     """One cluster in a temporary directory; `stop(mode)`/`start()` drive it like an operator."""
 
-    def __init__(self, bindir: Path, root: Path, admin_password: str | None = None) -> None:
+    def __init__(
+        self,
+        bindir: Path,
+        root: Path,
+        max_connections: int = 60,
+        admin_password: str | None = None,
+    ) -> None:
         """`admin_password`: TCP logins need a password (scram-sha-256), so a wrong one is
         refused as on a production server; otherwise trust."""
         self.bindir = bindir
@@ -55,6 +83,7 @@ class PrivateServer:
         self.datadir = root / "data"
         self.logfile = root / "server.log"
         self.port = free_port()
+        self.max_connections = max_connections
         self._as_postgres = os.geteuid() == 0
 
     def _cmd(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -92,7 +121,7 @@ class PrivateServer:
             conf.write(
                 f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\nfsync = off\n"
-                "max_connections = 60\nshared_buffers = 16MB\n"
+                f"max_connections = {self.max_connections}\nshared_buffers = 16MB\n"
             )
 
     def start(self, wait: bool = True) -> None:
@@ -164,12 +193,17 @@ class PrivateServer:
 
 
 def _private_server(admin_password: str | None = None) -> PrivateServer:
-    bindir = _bindir()
+    bindir = server_bindir()
     if bindir is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run the private-server tests: no PostgreSQL binaries found")
-        pytest.skip("no PostgreSQL server binaries (Debian postgresql or pgserver) found")
-    return PrivateServer(bindir, Path(tempfile.mkdtemp(prefix="mr-private-pg-")), admin_password)
+        pytest.skip(
+            "no PostgreSQL server binaries (Debian postgresql or pgserver) found"
+            + enable_hint("scripts/test.sh (requirements-dev.lock installs pgserver)")
+        )
+    return PrivateServer(
+        bindir, Path(tempfile.mkdtemp(prefix="mr-private-pg-")), admin_password=admin_password
+    )
 
 
 @pytest.fixture(scope="module", name="private_pg")

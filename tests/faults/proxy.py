@@ -163,16 +163,13 @@ def tcp_pg_url_fixture(pg_url: str) -> str:
     """`pg_url`, which must be a TCP server for a proxy to stand in front of it."""
     from sqlalchemy.engine import make_url
 
-    from tests.support import CI
+    from tests.support import CI, TCP_POSTGRES_HINT, enable_hint
 
     parsed = make_url(pg_url)
     if not parsed.host or parsed.host.startswith("/") or "host" in parsed.query:
         if CI:
             pytest.fail("CI must run the proxy tests: MIGRATION_TEST_POSTGRES_URL must be TCP")
-        pytest.skip(
-            "the proxy tests need PostgreSQL over TCP; set MIGRATION_TEST_POSTGRES_URL "
-            "(the throwaway pgserver listens on a unix socket only)"
-        )
+        pytest.skip("the proxy tests need PostgreSQL over TCP" + enable_hint(TCP_POSTGRES_HINT))
     return pg_url
 
 
