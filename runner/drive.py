@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
@@ -118,6 +118,7 @@ class Target:
     dirty_step: PendingRevision | None = None
     #: What a reader found: the history says a revision stopped part-way.
     dirty: DirtyDatabase | None = None
+    step_observers: list[StepObserver] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -194,15 +195,37 @@ def target_step_callback(target: Target) -> Callable[..., None]:
 
     def on_version_apply(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
         target.heads_after_step = tuple(sorted(heads))
-        if target.history is not None and target.running is not None:
-            info, started = target.running
+        if target.running is None:
+            return
+        info, started = target.running
+        for observer in target.step_observers:
+            observer.in_step_transaction(target.adopted.conn, info)
+        if target.history is not None:
             target.history.applied(info, int((time.monotonic() - started) * 1000))
 
     return on_version_apply
 
 
+class StepObserver(Protocol):
+    """Watches each step on its connection (the shadow run of `lint` records statements,
+    locks and rewrites this way). Called on the migration's own connection: what it runs
+    there runs inside the step's transaction when it says so."""
+
+    def before_step(self, conn: Connection, step: PendingRevision) -> None:
+        """Before the step's transaction begins."""
+
+    def in_step_transaction(self, conn: Connection, step: PendingRevision) -> None:
+        """After the step's work, inside its transaction, before it commits."""
+
+    def after_step(self, conn: Connection, step: PendingRevision, duration_ms: int) -> None:
+        """Once the step has committed."""
+
+
 class Run:
-    """One command against the project: env.py run once (or, for `plan --sql`, twice)."""
+    """One command against the project: env.py run once (or, for `plan --sql`, twice).
+
+    `project_of`: a previous `Run` whose script directory (revisions loaded once, env.py's
+    changes to it kept) this one reuses, as a fleet does for each of its targets."""
 
     def __init__(
         self,
@@ -210,10 +233,14 @@ class Run:
         cancel: CancelToken,
         observers: Iterable[RunObserver],
         report: RunReport,
+        *,
+        project_of: Run | None = None,
+        step_observers: Iterable[StepObserver] = (),
     ) -> None:
         self.settings = settings
         self.cancel = cancel
         self.observers = list(observers)
+        self.step_observers = list(step_observers)
         self.report = report
         self.config = revisions.load_config(
             settings.config,
@@ -222,8 +249,14 @@ class Run:
             settings.x_args,
             settings.tag,
         )
-        self.script: ScriptDirectory = revisions.open_script_directory(self.config)
-        self.graph = Graph(self.script)
+        self.script: ScriptDirectory
+        self.graph: Graph
+        if project_of is not None:
+            self.script = project_of.script
+            self.graph = project_of.graph
+        else:
+            self.script = revisions.open_script_directory(self.config)
+            self.graph = Graph(self.script)
         self.env_py = f"{self.script.dir}/env.py"
         self.targets: list[Target] = []
         self.current: Target | None = None
@@ -333,7 +366,11 @@ class Run:
             adopted = AdoptedConnection(conn, version_table, self.session, self.cancel)
         except DBAPIError as exc:
             raise db.classify(exc, db.backend_of(conn)) from None
-        target = Target(adopted, TargetReport(adopted.label, adopted.backend))
+        target = Target(
+            adopted,
+            TargetReport(adopted.label, adopted.backend),
+            step_observers=self.step_observers,
+        )
         self.targets.append(target)
         self.report.targets.append(target.report)
         self.current = target
@@ -657,6 +694,8 @@ class Run:
 
     def _before_step(self, target: Target, info: PendingRevision) -> None:
         """A step a rollback cannot undo gets its `started` row, committed, before it runs."""
+        for observer in target.step_observers:
+            observer.before_step(target.adopted.conn, info)
         history = target.history
         if history is None or target.transactional or info.kind == "stamp":
             return
@@ -681,6 +720,8 @@ class Run:
     def _report_step(
         self, target: Target, info: PendingRevision, duration_ms: int, heads: tuple[str, ...]
     ) -> None:
+        for observer in target.step_observers:
+            observer.after_step(target.adopted.conn, info, duration_ms)
         report = target.report
         report.to_revision = _joined(heads)
         report.outcome = "success"
