@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
         "kube_cli",
         "__init__",
     },
-    "commands": {"drive", "errors", "logs", "revisions"},
+    "commands": {"activity", "drive", "errors", "logs", "revisions"},
     "drive": {
         "__init__",
         "history",
@@ -50,7 +50,8 @@ ALLOWED: dict[str, set[str]] = {
         "report",
         "settings",
     },
-    "session": {"db", "lock", "cancel", "errors", "logs"},
+    "session": {"activity", "db", "lock", "cancel", "errors", "logs"},
+    "activity": {"redact"},
     "db": {"redact", "cancel", "errors", "logs"},
     "lock": {"cancel", "errors"},
     "history": {"errors"},
