@@ -6,8 +6,9 @@ databases compare with a unified diff:
 - PostgreSQL: `pg_dump --schema-only --no-owner` (comments, `\\restrict` keys and the
   database name stripped), the owner of every schema, relation, type, function and
   extension, the version tables' rows, and every table's row count.
-- SQLite: `sqlite_master` (type, name, table, SQL), `PRAGMA user_version`, version tables,
-  row counts.
+- SQLite: `sqlite_master` (type, name, table, SQL with the table-level constraints of each
+  CREATE TABLE sorted: Alembic's batch mode writes them in set order, which differs between
+  two plain Alembic runs), `PRAGMA user_version`, version tables, row counts.
 - MariaDB: `SHOW CREATE TABLE/VIEW` (AUTO_INCREMENT counters and DEFINERs stripped),
   triggers, routines, version tables, row counts.
 """
@@ -237,18 +238,51 @@ def _counts(conn: Connection, tables: list[tuple[object, ...]], q: str) -> str:
     return "\n".join(out)
 
 
+_TABLE_CONSTRAINT = re.compile(r"(CONSTRAINT|PRIMARY KEY|FOREIGN KEY|UNIQUE|CHECK)\b", re.I)
+
+
+def _split_top_level(body: str) -> list[str]:
+    items, depth, current = [], 0, ""
+    for char in body:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    items.append(current.strip())
+    return items
+
+
+def _normalise_sqlite_sql(sql: str | None) -> str:
+    """Sort the table-level constraints of a CREATE TABLE. Alembic's batch mode (the "move and
+    copy" SQLite needs) writes them in the iteration order of a set, which differs between two
+    runs of plain Alembic itself; their order means nothing to SQLite. Columns keep their
+    order, and everything else is compared as written."""
+    if not sql or not sql.upper().startswith("CREATE TABLE"):
+        return str(sql)
+    start, end = sql.find("("), sql.rfind(")")
+    if start < 0 or end < start:
+        return sql
+    items = _split_top_level(sql[start + 1 : end])
+    columns = [i for i in items if not _TABLE_CONSTRAINT.match(i)]
+    constraints = sorted(i for i in items if _TABLE_CONSTRAINT.match(i))
+    body = ",\n  ".join(columns + constraints)
+    return f"{sql[: start + 1]}\n  {body}\n{sql[end:]}"
+
+
 def _sqlite_sections(db: Database) -> Iterator[tuple[str, str]]:
     path = db.url.database
     if not path or not Path(path).exists():
-        yield "sqlite_master", "(no database file)"
+        yield "sqlite_master (table constraints sorted)", "(no database file)"
         return
     with _autocommit(db.url) as conn:
-        yield (
-            "sqlite_master",
-            _lines(
-                _rows(conn, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY 1, 2")
-            ),
-        )
+        master = _rows(conn, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY 1, 2")
+        normalised = [(*row[:3], _normalise_sqlite_sql(str(row[3]))) for row in master]
+        yield "sqlite_master (table constraints sorted)", _lines(normalised)
         yield "user_version", _lines(_rows(conn, "PRAGMA user_version"))
         tables = [
             ("main", r[0])

@@ -162,7 +162,9 @@ PROJECTS: tuple[Project, ...] = (
             "render_as_batch=True"
         ),
         alembic_invocation="alembic -c INI upgrade head",
-        backends=("postgresql", "sqlite", "mariadb"),
+        backends=("postgresql", "sqlite"),
+        # Two steps: v3.0.0.c's own downgrade fails under plain Alembic in 5.0.0
+        # (IntermediateValueModel.FloatTypeEnum no longer exists).
         downgrade_to={b: "v3.0.0.c" for b in BACKENDS},
     ),
     Project(
@@ -249,7 +251,13 @@ PROJECTS: tuple[Project, ...] = (
 )
 
 #: Tried and not kept (the report lists them with the reason).
-DROPPED: tuple[tuple[str, str], ...] = ()
+DROPPED: tuple[tuple[str, str], ...] = (
+    (
+        "optuna 5.0.0 on MariaDB 10.11",
+        "plain Alembic itself fails at v2.4.0.a (`ALTER TABLE trial_values DROP COLUMN step`: "
+        "(1072) Key column 'step' doesn't exist in table); no baseline to compare with",
+    ),
+)
 
 
 def by_key(key: str) -> Project:

@@ -59,3 +59,14 @@ def test_every_case_has_a_unique_id_and_a_downgrade_target_for_its_backend() -> 
     assert len({c.id for c in cases}) == len(cases)
     for project in PROJECTS:
         assert set(project.backends) <= set(project.downgrade_to), project.key
+
+
+def test_sqlite_table_constraints_compare_in_any_order_but_columns_keep_theirs() -> None:
+    head = 'CREATE TABLE "t" (\n\ta INTEGER, b TEXT, PRIMARY KEY (a), '
+    one = head + "UNIQUE (a, b), FOREIGN KEY(b) REFERENCES u (b)\n)"
+    two = head + "FOREIGN KEY(b) REFERENCES u (b), UNIQUE (a, b)\n)"
+    swapped_columns = 'CREATE TABLE "t" (b TEXT, a INTEGER, PRIMARY KEY (a))'
+    norm = databases._normalise_sqlite_sql
+    assert norm(one) == norm(two)
+    assert norm(swapped_columns) != norm('CREATE TABLE "t" (a INTEGER, b TEXT, PRIMARY KEY (a))')
+    assert norm("CREATE INDEX ix ON t (a)") == "CREATE INDEX ix ON t (a)"
