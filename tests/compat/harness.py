@@ -115,6 +115,9 @@ class Run:
         return self.tail(3)
 
 
+_SITE_PACKAGES = re.compile(r"/\S*?/site-packages/")
+
+
 @dataclass
 class Outcome:
     case: Case
@@ -128,7 +131,8 @@ class Outcome:
     duration_s: float = 0.0
 
     def problem(self, text: str) -> None:
-        self.problems.append(text)
+        # Paths into the venv say nothing the project column does not: keep the package path.
+        self.problems.append(_SITE_PACKAGES.sub("", text))
         if self.status == "same":
             self.status = "different"
 
@@ -594,6 +598,6 @@ def run_case(case: Case) -> Outcome:
         outcome.notes.append(str(exc))
     except (HarnessError, envs.InstallError, subprocess.TimeoutExpired, RuntimeError) as exc:
         outcome.status = "error"
-        outcome.problems.insert(0, str(exc))
+        outcome.problems.insert(0, _SITE_PACKAGES.sub("", str(exc)))
     outcome.duration_s = time.monotonic() - started
     return outcome

@@ -34,6 +34,8 @@ class Project:
     ini_origin: str
     #: What the package's env.py does that the `alembic init` template does not.
     env_py: str
+    #: The same in a few words, for the result table.
+    pattern: str
     #: How plain Alembic is invoked (for the report).
     alembic_invocation: str
     backends: tuple[str, ...]
@@ -150,6 +152,7 @@ engine.dispose()
 PROJECTS: tuple[Project, ...] = (
     Project(
         key="optuna",
+        pattern="template + render_as_batch",
         requirement="optuna==5.0.0",
         script_dir="optuna/storages/_rdb/alembic",
         ini="optuna/storages/_rdb/alembic.ini",
@@ -169,6 +172,7 @@ PROJECTS: tuple[Project, ...] = (
     ),
     Project(
         key="jupyterhub",
+        pattern='attributes["connection"] used as an Engine',
         requirement="jupyterhub==6.1.1",
         script_dir="jupyterhub/alembic",
         ini="jupyterhub/alembic.ini",
@@ -191,6 +195,7 @@ PROJECTS: tuple[Project, ...] = (
     ),
     Project(
         key="mlflow-tracking",
+        pattern='attributes["connection"].engine',
         requirement="mlflow[auth]==3.17.2",
         script_dir="mlflow/store/db_migrations",
         ini="mlflow/store/db_migrations/alembic.ini",
@@ -212,6 +217,7 @@ PROJECTS: tuple[Project, ...] = (
     ),
     Project(
         key="mlflow-auth",
+        pattern="custom version_table",
         requirement="mlflow[auth]==3.17.2",
         script_dir="mlflow/server/auth/db/migrations",
         ini="mlflow/server/auth/db/migrations/alembic.ini",
@@ -226,6 +232,7 @@ PROJECTS: tuple[Project, ...] = (
     ),
     Project(
         key="prefect",
+        pattern="URL from env, version_locations set at run time, AnyIO thread",
         requirement="prefect==3.9.1",
         script_dir="prefect/server/database/_migrations",
         ini="prefect/server/database/alembic.ini",

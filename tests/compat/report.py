@@ -12,6 +12,7 @@ its header).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import subprocess
 import sys
@@ -22,10 +23,54 @@ from pathlib import Path
 
 from tests.compat import envs
 from tests.compat.harness import CACHES, SCENARIOS, Case, Outcome, all_cases, run_case
-from tests.compat.projects import DROPPED, PROJECTS, Project
+from tests.compat.projects import DROPPED, PROJECTS, Project, by_key
 
 DOC = envs.REPO / "docs" / "compatibility.md"
 DIFF_LINES = 60
+NOTES_START = "<!-- findings:start (kept by the report; edit freely) -->"
+NOTES_END = "<!-- findings:end -->"
+
+
+def _kept_findings(path: Path) -> str:
+    """The hand-written findings section of the current page, carried over on a rewrite."""
+    text = path.read_text() if path.is_file() else ""
+    if NOTES_START in text and NOTES_END in text:
+        return text[text.index(NOTES_START) : text.index(NOTES_END) + len(NOTES_END)]
+    return f"{NOTES_START}\n_No findings written yet._\n{NOTES_END}"
+
+
+def _saved(outcome: Outcome) -> dict[str, object]:
+    return {
+        "id": outcome.case.id,
+        "project": outcome.case.project.key,
+        "scenario": outcome.case.scenario,
+        "backend": outcome.case.backend,
+        "cache": outcome.case.cache,
+        "status": outcome.status,
+        "problems": outcome.problems,
+        "diffs": outcome.diffs,
+        "exit_codes": outcome.exit_codes,
+        "notes": outcome.notes,
+        "duration_s": outcome.duration_s,
+    }
+
+
+def _loaded(item: dict[str, object]) -> Outcome:
+    case = Case(
+        by_key(str(item["project"])),
+        str(item["scenario"]),
+        str(item["backend"]),
+        str(item["cache"]),
+    )
+    return Outcome(
+        case,
+        status=str(item["status"]),
+        problems=list(item["problems"]),  # type: ignore[call-overload]
+        diffs=list(item["diffs"]),  # type: ignore[call-overload]
+        exit_codes=list(item["exit_codes"]),  # type: ignore[call-overload]
+        notes=list(item["notes"]),  # type: ignore[call-overload]
+        duration_s=float(item["duration_s"]),  # type: ignore[arg-type]
+    )
 
 
 def _git(*args: str) -> str:
@@ -68,7 +113,7 @@ def _project_table(projects: Sequence[Project], versions: dict[str, dict[str, st
     return lines
 
 
-def render(outcomes: list[Outcome], filters: str, elapsed_s: float) -> str:
+def render(outcomes: list[Outcome], filters: str, elapsed_s: float, findings: str) -> str:
     by_key = {
         (o.case.project.key, o.case.backend, o.case.cache, o.case.scenario): o for o in outcomes
     }
@@ -109,8 +154,8 @@ def render(outcomes: list[Outcome], filters: str, elapsed_s: float) -> str:
         "`upgrade`: exit 0, `applied` 0, nothing changed); **downgrade** (`downgrade REV --yes`,",
         "compared, then `upgrade`, compared, against plain Alembic doing the same);",
         "**concurrent** (five `upgrade` processes on one database: all exit 0, exactly one",
-        "reports `applied` > 0, no",
-        "revision applied twice, result equals plain Alembic's). **warm**: `MIGRATION_CACHE_DIR`",
+        "reports `applied` > 0, no revision applied twice, result equals plain Alembic's).",
+        "**warm**: `MIGRATION_CACHE_DIR`",
         "and `HOME` reused across runs (primed by one earlier run); **cold**: fresh empty ones per",
         "run. Exit codes are the runner's, in order of its runs in the case.",
         "",
@@ -122,6 +167,10 @@ def render(outcomes: list[Outcome], filters: str, elapsed_s: float) -> str:
         f"{len(outcomes)} cases in {elapsed_s / 60:.1f} min: {counts['same']} same, "
         f"{counts['different']} different, {counts['error']} not judged, "
         f"{counts['skipped']} skipped.{' Filter: ' + filters if filters else ''}",
+        "",
+        "## Findings",
+        "",
+        findings,
         "",
         "## Projects",
         "",
@@ -138,9 +187,8 @@ def render(outcomes: list[Outcome], filters: str, elapsed_s: float) -> str:
                 cells = [by_key.get((p.key, backend, cache, s)) for s in SCENARIOS]
                 if all(c is None for c in cells):
                     continue
-                short_env = p.env_py.split(";")[0]
                 out.append(
-                    f"| {p.key} | {p.version} | {short_env} | {backend} | {cache} | "
+                    f"| {p.key} | {p.version} | {p.pattern} | {backend} | {cache} | "
                     + " | ".join(_cell(c) for c in cells)
                     + " |"
                 )
@@ -171,7 +219,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", choices=SCENARIOS)
     parser.add_argument("--cache", action="append", choices=CACHES)
     parser.add_argument("--output", type=Path, default=DOC)
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the page from the outcomes the last run saved, without running",
+    )
     args = parser.parse_args(argv)
+    saved = envs.cache_root() / "report-outcomes.json"
+    if args.render_only:
+        state = json.loads(saved.read_text())
+        outcomes = [_loaded(item) for item in state["outcomes"]]
+        args.output.write_text(
+            render(outcomes, state["filters"], state["elapsed_s"], _kept_findings(args.output))
+        )
+        print(f"wrote {args.output} from {saved}", file=sys.stderr)
+        return 0
     cases: list[Case] = [
         c
         for c in all_cases()
@@ -195,6 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 case, status="error", problems=[f"harness: {type(exc).__name__}: {exc}"]
             )
         outcomes.append(outcome)
+        state = {
+            "filters": filters,
+            "elapsed_s": time.monotonic() - started,
+            "outcomes": [_saved(o) for o in outcomes],
+        }
+        saved.write_text(json.dumps(state, indent=1))
         print(
             f"[{number}/{len(cases)}] {case.id}: {outcome.status} {outcome.exit_codes} "
             f"{outcome.duration_s:.1f}s {outcome.why[:120]}",
@@ -202,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     elapsed = time.monotonic() - started
-    args.output.write_text(render(outcomes, filters, elapsed))
+    args.output.write_text(render(outcomes, filters, elapsed, _kept_findings(args.output)))
     print(f"wrote {args.output} ({len(outcomes)} cases, {elapsed / 60:.1f} min)", file=sys.stderr)
     return 0
 
