@@ -231,6 +231,30 @@ PROJECTS: tuple[Project, ...] = (
         downgrade_to={b: "2ed73881770d" for b in BACKENDS},
     ),
     Project(
+        key="airflow",
+        pattern='attributes["connection"] (cookbook), URL from Airflow settings',
+        requirement="apache-airflow[postgres]==3.3.2",
+        script_dir="airflow/migrations",
+        ini="airflow/alembic.ini",
+        ini_origin=(
+            "shipped airflow/alembic.ini with script_location made absolute (it is "
+            "%(here)s/migrations; the file is written elsewhere)"
+        ),
+        env_py=(
+            'cookbook: uses config.attributes["connection"] when set, else '
+            "settings.engine (URL from AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, not the ini); "
+            "transaction_per_migration=True, render_as_batch=True; imports every Airflow model"
+        ),
+        alembic_invocation=(
+            "alembic -c INI upgrade head (`airflow db migrate` instead creates an empty "
+            "database from the models and stamps it)"
+        ),
+        backends=("postgresql", "sqlite"),
+        downgrade_to={b: "dd5f3a8e2b91" for b in BACKENDS},
+        ini_style="lines",
+        url_in="env:AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    ),
+    Project(
         key="prefect",
         pattern="URL from env, version_locations set at run time, AnyIO thread",
         requirement="prefect==3.9.1",

@@ -224,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="rewrite the page from the outcomes the last run saved, without running",
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the last run's saved outcomes of the cases this run does not run",
+    )
     args = parser.parse_args(argv)
     saved = envs.cache_root() / "report-outcomes.json"
     if args.render_only:
@@ -247,8 +252,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("project", "backend", "scenario", "cache")
         for v in getattr(args, name) or []
     )
+    previous = json.loads(saved.read_text()) if args.merge and saved.is_file() else None
+    order = {c.id: n for n, c in enumerate(all_cases())}
+
+    def merged(ran: list[Outcome]) -> tuple[list[Outcome], float, str]:
+        """This run's outcomes, with --merge the last run's others too, in matrix order."""
+        elapsed = time.monotonic() - started
+        if previous is None:
+            return ran, elapsed, filters
+        ids = {o.case.id for o in ran}
+        kept = [_loaded(i) for i in previous["outcomes"] if i["id"] not in ids]
+        everything = sorted(kept + ran, key=lambda o: order.get(o.case.id, len(order)))
+        return everything, elapsed + float(previous["elapsed_s"]), previous["filters"]
+
     started = time.monotonic()
-    outcomes = []
+    outcomes: list[Outcome] = []
     for number, case in enumerate(cases, 1):
         try:
             outcome = run_case(case)
@@ -257,10 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 case, status="error", problems=[f"harness: {type(exc).__name__}: {exc}"]
             )
         outcomes.append(outcome)
+        everything, elapsed, shown_filters = merged(outcomes)
         state = {
-            "filters": filters,
-            "elapsed_s": time.monotonic() - started,
-            "outcomes": [_saved(o) for o in outcomes],
+            "filters": shown_filters,
+            "elapsed_s": elapsed,
+            "outcomes": [_saved(o) for o in everything],
         }
         saved.write_text(json.dumps(state, indent=1))
         print(
@@ -269,9 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    elapsed = time.monotonic() - started
-    args.output.write_text(render(outcomes, filters, elapsed, _kept_findings(args.output)))
-    print(f"wrote {args.output} ({len(outcomes)} cases, {elapsed / 60:.1f} min)", file=sys.stderr)
+    everything, elapsed, shown_filters = merged(outcomes)
+    args.output.write_text(render(everything, shown_filters, elapsed, _kept_findings(args.output)))
+    print(f"wrote {args.output} ({len(everything)} cases, {elapsed / 60:.1f} min)", file=sys.stderr)
     return 0
 
 
