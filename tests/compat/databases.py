@@ -9,8 +9,9 @@ databases compare with a unified diff:
 - SQLite: `sqlite_master` (type, name, table, SQL with the table-level constraints of each
   CREATE TABLE sorted: Alembic's batch mode writes them in set order, which differs between
   two plain Alembic runs), `PRAGMA user_version`, version tables, row counts.
-- MariaDB: `SHOW CREATE TABLE/VIEW` (AUTO_INCREMENT counters and DEFINERs stripped),
-  triggers, routines, version tables, row counts.
+- MariaDB: `SHOW CREATE TABLE/VIEW` (AUTO_INCREMENT counters and DEFINERs stripped, keys
+  and constraints sorted for the same batch-mode reason), triggers, routines, version
+  tables, row counts.
 """
 
 from __future__ import annotations
@@ -301,6 +302,22 @@ def _sqlite_sections(db: Database) -> Iterator[tuple[str, str]]:
         yield "row counts", _counts(conn, tables, '"')
 
 
+_MARIA_KEY = re.compile(r"\s+(PRIMARY KEY|UNIQUE KEY|KEY|FULLTEXT KEY|SPATIAL KEY|CONSTRAINT)\b")
+
+
+def _normalise_maria_create(create: str) -> str:
+    """SHOW CREATE TABLE with its keys and constraints sorted and the AUTO_INCREMENT counter
+    dropped. MariaDB lists indexes in creation order, and Alembic's batch mode creates them
+    in the iteration order of a set (two plain Alembic runs differ); columns keep their order."""
+    lines = re.sub(r" AUTO_INCREMENT=\d+", "", create).splitlines()
+    if len(lines) < 3:
+        return "\n".join(lines)
+    items = [line.rstrip(",") for line in lines[1:-1]]
+    columns = [i for i in items if not _MARIA_KEY.match(i)]
+    keys = sorted(i for i in items if _MARIA_KEY.match(i))
+    return "\n".join([lines[0], ",\n".join(columns + keys), lines[-1]])
+
+
 def _maria_sections(db: Database) -> Iterator[tuple[str, str]]:
     with _autocommit(db.url) as conn:
         tables = _rows(
@@ -316,7 +333,7 @@ def _maria_sections(db: Database) -> Iterator[tuple[str, str]]:
                 creates.append(re.sub(r"DEFINER=\S+ ", "", str(row[1])))
             else:
                 row = _rows(conn, f"SHOW CREATE TABLE `{name}`")[0]
-                creates.append(re.sub(r" AUTO_INCREMENT=\d+", "", str(row[1])))
+                creates.append(_normalise_maria_create(str(row[1])))
         yield "SHOW CREATE", "\n".join(creates)
         yield (
             "triggers and routines",

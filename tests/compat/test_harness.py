@@ -70,3 +70,17 @@ def test_sqlite_table_constraints_compare_in_any_order_but_columns_keep_theirs()
     assert norm(one) == norm(two)
     assert norm(swapped_columns) != norm('CREATE TABLE "t" (a INTEGER, b TEXT, PRIMARY KEY (a))')
     assert norm("CREATE INDEX ix ON t (a)") == "CREATE INDEX ix ON t (a)"
+
+
+def test_mariadb_keys_compare_in_any_order_and_auto_increment_counters_are_ignored() -> None:
+    def create(keys: list[str], counter: int) -> str:
+        body = ",\n".join(["  `id` int(11) NOT NULL", "  `a` int(11)", *keys])
+        return f"CREATE TABLE `t` (\n{body}\n) ENGINE=InnoDB AUTO_INCREMENT={counter}"
+
+    one = create(["  PRIMARY KEY (`id`)", "  KEY `ix_a` (`a`)", "  KEY `ix_b` (`a`,`id`)"], 3)
+    two = create(["  PRIMARY KEY (`id`)", "  KEY `ix_b` (`a`,`id`)", "  KEY `ix_a` (`a`)"], 9)
+    assert databases._normalise_maria_create(one) == databases._normalise_maria_create(two)
+    moved = one.replace(
+        "  `id` int(11) NOT NULL,\n  `a` int(11)", "  `a` int(11),\n  `id` int(11) NOT NULL"
+    )
+    assert databases._normalise_maria_create(moved) != databases._normalise_maria_create(one)
