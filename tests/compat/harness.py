@@ -59,6 +59,7 @@ def all_cases() -> list[Case]:
         for scenario in SCENARIOS
         for backend in project.backends
         for cache in CACHES
+        if (scenario, backend) not in project.not_run
     ]
 
 

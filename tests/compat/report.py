@@ -209,6 +209,12 @@ def render(outcomes: list[Outcome], filters: str, elapsed_s: float, findings: st
             out += ["```diff", diff, "```", ""]
     out += ["## Tried and not kept", ""]
     out += [f"- **{name}**: {why}" for name, why in DROPPED] or ["- none"]
+    out += ["", "Cases not run (plain Alembic itself cannot do them, so there is no baseline):", ""]
+    out += [
+        f"- **{p.key}** {scenario} on {backend}: {why}"
+        for p in PROJECTS
+        for (scenario, backend), why in p.not_run.items()
+    ] or ["- none"]
     return "\n".join(out) + "\n"
 
 
@@ -261,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is None:
             return ran, elapsed, filters
         ids = {o.case.id for o in ran}
-        kept = [_loaded(i) for i in previous["outcomes"] if i["id"] not in ids]
+        kept = [_loaded(i) for i in previous["outcomes"] if i["id"] not in ids and i["id"] in order]
         everything = sorted(kept + ran, key=lambda o: order.get(o.case.id, len(order)))
         return everything, elapsed + float(previous["elapsed_s"]), previous["filters"]
 
