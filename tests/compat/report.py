@@ -239,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = envs.cache_root() / "report-outcomes.json"
     if args.render_only:
         state = json.loads(saved.read_text())
-        outcomes = [_loaded(item) for item in state["outcomes"]]
+        valid = {c.id for c in all_cases()}
+        outcomes = [_loaded(item) for item in state["outcomes"] if item["id"] in valid]
         args.output.write_text(
             render(outcomes, state["filters"], state["elapsed_s"], _kept_findings(args.output))
         )
