@@ -82,7 +82,14 @@ def admin_url(backend: str) -> URL:
 
 @contextmanager
 def _autocommit(url: URL) -> Iterator[Connection]:
-    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    # Bounded: a server that does not answer fails the case instead of hanging it.
+    timeout = {"postgresql": {"connect_timeout": 10}, "mysql": {"connect_timeout": 10}}
+    engine = create_engine(
+        url,
+        poolclass=NullPool,
+        isolation_level="AUTOCOMMIT",
+        connect_args=timeout.get(url.get_backend_name(), {}),
+    )
     try:
         with engine.connect() as conn:
             yield conn

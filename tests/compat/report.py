@@ -26,7 +26,7 @@ from tests.compat.harness import CACHES, SCENARIOS, Case, Outcome, all_cases, ru
 from tests.compat.projects import DROPPED, PROJECTS, Project, by_key
 
 DOC = envs.REPO / "docs" / "compatibility.md"
-DIFF_LINES = 60
+DIFF_LINES = 40
 NOTES_START = "<!-- findings:start (kept by the report; edit freely) -->"
 NOTES_END = "<!-- findings:end -->"
 
@@ -192,21 +192,31 @@ def render(outcomes: list[Outcome], filters: str, elapsed_s: float, findings: st
                     + " | ".join(_cell(c) for c in cells)
                     + " |"
                 )
-    out += ["", "## Details of the cases that are not *same*", ""]
-    shown: dict[str, str] = {}
+    out += [
+        "",
+        "## Details of the cases that are not *same*",
+        "",
+        "Cases with the same problems are shown once. Diffs are plain Alembic's database (`-`)",
+        f"against the runner's (`+`), cut at {DIFF_LINES} lines; after a failed runner run they",
+        "mostly show what it did not apply.",
+        "",
+    ]
+    groups: dict[tuple[str, ...], list[Outcome]] = {}
     for o in outcomes:
-        if o.status in ("same", "skipped"):
-            continue
-        body = "\n".join([*(f"- {p}" for p in o.problems), *(f"- note: {n}" for n in o.notes)])
-        diff = "\n".join("\n".join(d.splitlines()[:DIFF_LINES]) for d in o.diffs)
-        key = body + diff
-        if key in shown:
-            out += [f"### {o.case.id}", "", f"Same as {shown[key]}.", ""]
-            continue
-        shown[key] = o.case.id
-        out += [f"### {o.case.id}", "", f"Runner exit codes: {o.exit_codes}", "", body, ""]
-        if diff:
-            out += ["```diff", diff, "```", ""]
+        if o.status not in ("same", "skipped"):
+            groups.setdefault((*o.problems, *o.diffs), []).append(o)
+    for members in groups.values():
+        first = members[0]
+        out += [f"### {', '.join(m.case.id for m in members)}", ""]
+        out += [f"Runner exit codes: {first.exit_codes}", ""]
+        out += [f"- {p}" for p in first.problems]
+        notes = sorted({n for m in members for n in m.notes})
+        out += [f"- note: {n}" for n in notes]
+        out += [""]
+        for d in first.diffs:
+            lines = d.splitlines()
+            cut = [f"... ({len(lines) - DIFF_LINES} more lines)"] if len(lines) > DIFF_LINES else []
+            out += ["```diff", *lines[:DIFF_LINES], *cut, "```", ""]
     out += ["## Tried and not kept", ""]
     out += [f"- **{name}**: {why}" for name, why in DROPPED] or ["- none"]
     out += ["", "Cases not run (plain Alembic itself cannot do them, so there is no baseline):", ""]
