@@ -37,6 +37,7 @@ SCENARIOS = ("apply", "noop", "downgrade", "concurrent")
 CACHES = ("warm", "cold")
 RUN_TIMEOUT_S = float(os.environ.get("MIGRATION_COMPAT_RUN_TIMEOUT", "600"))
 CONCURRENT_RUNNERS = 5
+DESCRIBE_DIFF_LINES = 80
 DRIVER = Path(__file__).with_name("alembic_in_worker_thread.py")
 
 
@@ -145,7 +146,11 @@ class Outcome:
         parts = [f"{self.case.id}: {self.status}", f"runner exit codes: {self.exit_codes}"]
         parts += [f"problem: {p}" for p in self.problems]
         parts += [f"note: {n}" for n in self.notes]
-        parts += self.diffs
+        for diff in self.diffs:
+            lines = diff.splitlines()
+            parts += lines[:DESCRIBE_DIFF_LINES]
+            if len(lines) > DESCRIBE_DIFF_LINES:
+                parts.append(f"... ({len(lines) - DESCRIBE_DIFF_LINES} more diff lines)")
         return "\n".join(parts)
 
 

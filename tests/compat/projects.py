@@ -294,6 +294,19 @@ PROJECTS: tuple[Project, ...] = (
 #: Tried and not kept (the report lists them with the reason).
 DROPPED: tuple[tuple[str, str], ...] = (
     (
+        "mlflow-skinny 3.17.2",
+        "ships both migration directories but not Flask/Flask-WTF, which the auth store's "
+        "env.py imports (through mlflow.server); `mlflow[auth]` is used for both MLflow projects",
+    ),
+    (
+        "mlflow 3.18.0",
+        "needs mlflow-skinny==3.18.0, which the package index here does not serve; 3.17.2 used",
+    ),
+    (
+        "apache-airflow without the [postgres] extra",
+        "env.py builds Airflow's async engine too, which imports asyncpg even for a psycopg2 URL",
+    ),
+    (
         "optuna 5.0.0 on MariaDB 10.11",
         "plain Alembic itself fails at v2.4.0.a (`ALTER TABLE trial_values DROP COLUMN step`: "
         "(1072) Key column 'step' doesn't exist in table); no baseline to compare with",
