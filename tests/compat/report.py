@@ -113,7 +113,22 @@ def _project_table(projects: Sequence[Project], versions: dict[str, dict[str, st
     return lines
 
 
-def render(outcomes: list[Outcome], filters: str, elapsed_s: float, findings: str) -> str:
+def run_identity() -> str:
+    """When, and with which runner, this run ran (the page may merge several runs)."""
+    dirty = (
+        ", uncommitted changes in runner/" if _git("status", "--porcelain", "--", "runner") else ""
+    )
+    return (
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} at "
+        f"`{_git('rev-parse', '--short', 'HEAD')}` (branch "
+        f"`{_git('rev-parse', '--abbrev-ref', 'HEAD')}`{dirty}, runner digest "
+        f"`{envs.runner_digest()}`, Python {platform.python_version()})"
+    )
+
+
+def render(
+    outcomes: list[Outcome], filters: str, elapsed_s: float, findings: str, runs: list[str]
+) -> str:
     by_key = {
         (o.case.project.key, o.case.backend, o.case.cache, o.case.scenario): o for o in outcomes
     }
@@ -159,11 +174,7 @@ def render(outcomes: list[Outcome], filters: str, elapsed_s: float, findings: st
         "and `HOME` reused across runs (primed by one earlier run); **cold**: fresh empty ones per",
         "run. Exit codes are the runner's, in order of its runs in the case.",
         "",
-        f"Last run: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, checkout "
-        f"`{_git('rev-parse', '--short', 'HEAD')}` "
-        f"(branch `{_git('rev-parse', '--abbrev-ref', 'HEAD')}`"
-        f"{', uncommitted changes' if _git('status', '--porcelain', '--', 'runner') else ''}), "
-        f"runner digest `{envs.runner_digest()}`, Python {platform.python_version()}, "
+        f"Runs: {'; '.join(runs)}. ",
         f"{len(outcomes)} cases in {elapsed_s / 60:.1f} min: {counts['same']} same, "
         f"{counts['different']} different, {counts['error']} not judged, "
         f"{counts['skipped']} skipped.{' Filter: ' + filters if filters else ''}",
@@ -252,7 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         valid = {c.id for c in all_cases()}
         outcomes = [_loaded(item) for item in state["outcomes"] if item["id"] in valid]
         args.output.write_text(
-            render(outcomes, state["filters"], state["elapsed_s"], _kept_findings(args.output))
+            render(
+                outcomes,
+                state["filters"],
+                state["elapsed_s"],
+                _kept_findings(args.output),
+                state.get("runs", []),
+            )
         )
         print(f"wrote {args.output} from {saved}", file=sys.stderr)
         return 0
@@ -282,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         everything = sorted(kept + ran, key=lambda o: order.get(o.case.id, len(order)))
         return everything, elapsed + float(previous["elapsed_s"]), previous["filters"]
 
+    this_run = run_identity()
+    runs = [*(previous or {}).get("runs", []), this_run]
+
     started = time.monotonic()
     outcomes: list[Outcome] = []
     for number, case in enumerate(cases, 1):
@@ -294,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcomes.append(outcome)
         everything, elapsed, shown_filters = merged(outcomes)
         state = {
+            "runs": runs,
             "filters": shown_filters,
             "elapsed_s": elapsed,
             "outcomes": [_saved(o) for o in everything],
@@ -306,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     everything, elapsed, shown_filters = merged(outcomes)
-    args.output.write_text(render(everything, shown_filters, elapsed, _kept_findings(args.output)))
+    args.output.write_text(
+        render(everything, shown_filters, elapsed, _kept_findings(args.output), runs)
+    )
     print(f"wrote {args.output} ({len(everything)} cases, {elapsed / 60:.1f} min)", file=sys.stderr)
     return 0
 
