@@ -17,10 +17,12 @@ empty stdout. Every subprocess has a timeout; every database is dropped in `fina
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -226,7 +228,7 @@ def base_env(venv: envs.Venv, home: Path) -> dict[str, str]:
     }
 
 
-def _spawn(label: str, args: list[str], env: dict[str, str], cwd: Path) -> tuple[Any, float]:
+def _spawn(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], float]:
     proc = subprocess.Popen(
         args,
         env=env,
@@ -240,11 +242,13 @@ def _spawn(label: str, args: list[str], env: dict[str, str], cwd: Path) -> tuple
     return proc, time.monotonic()
 
 
-def _collect(label: str, args: list[str], proc: Any, started: float) -> Run:
+def _collect(label: str, args: list[str], proc: subprocess.Popen[str], started: float) -> Run:
+    """Wait for `proc` within RUN_TIMEOUT_S of its start; past it, kill its process group."""
     try:
         out, err = proc.communicate(timeout=max(1.0, RUN_TIMEOUT_S - (time.monotonic() - started)))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=30)
         err += f"\n[harness] killed after {RUN_TIMEOUT_S:g}s"
         return Run(label, args, -9, out, err, time.monotonic() - started)
@@ -252,7 +256,7 @@ def _collect(label: str, args: list[str], proc: Any, started: float) -> Run:
 
 
 def _run(label: str, args: list[str], env: dict[str, str], cwd: Path) -> Run:
-    proc, started = _spawn(label, args, env, cwd)
+    proc, started = _spawn(args, env, cwd)
     return _collect(label, args, proc, started)
 
 
@@ -386,12 +390,13 @@ class RunnerSetup:
             env["MIGRATION_CACHE_DIR"] = str(cache_dir)
         return env
 
-    def start(self, db: Database, *command: str) -> tuple[Any, float, list[str], Path | None]:
+    def start(
+        self, db: Database, *command: str
+    ) -> tuple[subprocess.Popen[str], float, list[str], Path | None]:
+        """Start one runner; also returns the cold run's directory to remove once it ends."""
         home, cache_dir = self.dirs()
         args = [str(self.venv.bin("migration-runner")), *command]
-        proc, started = _spawn(
-            "runner", args, self.env(db, home, cache_dir), workspace(self.project)
-        )
+        proc, started = _spawn(args, self.env(db, home, cache_dir), workspace(self.project))
         cold_root = home.parent if self.cache == "cold" else None
         return proc, started, args, cold_root
 
