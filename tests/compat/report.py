@@ -164,7 +164,7 @@ def render(
         "`MIGRATION_TEST_MARIADB_URL`. Venvs are cached under `$MIGRATION_COMPAT_CACHE` (default",
         "`/tmp/migration-runner-compat`); the runner in them is rebuilt from the checkout whenever",
         "`runner/` or `pyproject.toml` changes, so the same matrix tests any core. A full run",
-        "takes about 40 minutes on the 2-core development machine with the venvs in place; the",
+        "takes 30 to 40 minutes on the 2-core development machine with the venvs in place; the",
         "first run adds about 8 minutes of installs (about 1.9 GB of venvs). It is not part of",
         "the default suite or CI: the default suite skips it, naming the switch.",
         "",
