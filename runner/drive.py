@@ -23,8 +23,8 @@ Alembic's private API is used in one place each, listed in `ALEMBIC_PRIVATE_API`
 
 from __future__ import annotations
 
+import os
 import random
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -268,7 +268,7 @@ class Run:
         self._connects = db.RetryingConnects(settings.connect_timeout, cancel)
         self.identity = RunIdentity.new(
             __version__,
-            host=socket.gethostname(),
+            host=os.uname().nodename,
             pod=settings.pod_name,
             job=settings.job_name,
             image=settings.image,
