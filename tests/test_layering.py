@@ -34,8 +34,22 @@ ALLOWED: dict[str, set[str]] = {
         "kube",
         "kube_cli",
         "__init__",
+        "fleet_commands",
     },
     "commands": {"drive", "errors", "logs", "revisions"},
+    # What each command does on every target of a fleet, and prints of the fleet.
+    "fleet_commands": {
+        "commands",
+        "fleet",
+        "drive",
+        "cancel",
+        "errors",
+        "logs",
+        "report",
+        "settings",
+    },
+    # Targets, worker processes, shards: one target is one drive.Run.
+    "fleet": {"drive", "report", "db", "redact", "cancel", "errors", "logs", "settings"},
     "drive": {
         "__init__",
         "history",
