@@ -8,14 +8,24 @@ Every test creates its databases and schemas (the `databases` fixture drops them
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
+from runner import cli, fleet_commands, logs, revisions
+from runner.cancel import CancelToken
 from runner.fleet import shard_of
+from runner.report import RunReport
+from runner.settings import Secret, Settings
 from tests.conftest import FreshDatabases
 from tests.faults.checks import (
     SENTINEL_PASSWORD,
@@ -73,10 +83,8 @@ def finished_targets(result: CliResult) -> dict[str, dict[str, object]]:
     return by_target
 
 
-def fleet(
-    args: list[str], url: str | None, ini: Path, timeout: float = 300, **env: str
-) -> CliResult:
-    return run_cli([*args, "--config", str(ini)], url, timeout=timeout, **env)
+def fleet(args: list[str], url: str | None, ini: Path, **env: str) -> CliResult:
+    return run_cli([*args, "--config", str(ini)], url, timeout=300, **env)
 
 
 def broken_for(ini: Path, url: str, schema: str) -> None:
@@ -148,6 +156,51 @@ def test_a_fleet_gives_each_tenant_what_alembic_gives_it(
     assert dump_schema(ours) == dump_schema(plain)
 
 
+def test_a_tenant_at_head_costs_one_read_of_its_version_table_and_takes_no_lock(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The project loads once for the fleet; each tenant at head is env.py's connection plus
+    one read of its version table: no lock, no history table, no second read."""
+    names = tenants(5)
+    create_schemas(pg_url, names)
+    ini = write(tmp_path, COOKBOOK_TENANT, chain(2))
+    assert fleet(["upgrade"], pg_url, ini, MIGRATION_TENANTS=",".join(names)).returncode == 0
+    settings = Settings(database_url=Secret(pg_url), config=ini, tenants=tuple(names), parallel=1)
+    spec = fleet_commands.spec_for("upgrade", argparse.Namespace(revision="head"), settings)
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    loads: list[str] = []
+    real_open = revisions.open_script_directory
+
+    def counting_open(config: Any) -> Any:
+        loads.append("load")
+        return real_open(config)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    revisions.open_script_directory = counting_open  # type: ignore[assignment]
+    try:
+        with logs.captured() as events:
+            code = fleet_commands.run(
+                spec,
+                CancelToken(),
+                RunReport("upgrade"),
+                io.StringIO(),
+                cli.fleet_worker,
+                cli._export_url,
+            )
+    finally:
+        revisions.open_script_directory = real_open  # type: ignore[assignment]
+        event.remove(Engine, "before_cursor_execute", seen)
+    assert code == 0
+    assert loads == ["load"], "the script directory is loaded once for the whole fleet"
+    assert [e["outcome"] for e in events if e["event"] == "target_finished"] == ["up_to_date"] * 5
+    assert len([s for s in statements if "alembic_version.version_num" in s]) == 5
+    assert not [s for s in statements if "advisory" in s or "migration_runner_history" in s]
+
+
 def test_tenants_from_a_query_on_the_main_database(tmp_path: Path, pg_url: str) -> None:
     names = tenants(4, "acct")
     create_schemas(pg_url, [*names, "not_a_tenant"])
@@ -193,8 +246,6 @@ def test_a_broken_tenant_fails_alone_and_check_names_it(tmp_path: Path, pg_url: 
     ]
     as_json = fleet(["check", "--json"], pg_url, ini, **env)
     assert as_json.returncode == 3
-    import json
-
     document = json.loads(as_json.stdout)
     assert document["up_to_date"] is False and document["at_head"] == 11
     (behind,) = document["not_at_head"]
@@ -384,9 +435,9 @@ def test_sigterm_mid_fleet_rolls_back_the_running_targets_and_starts_no_other(
     assert result.finished["outcome"] == "interrupted"
     done = finished_targets(result)
     assert len(done) == 2, "no target starts after the signal"
-    for event in done.values():
-        assert (event["exit_code"], event["outcome"]) == (143, "interrupted")
-        assert event["to_revision"] == "r0000"
+    for stopped in done.values():
+        assert (stopped["exit_code"], stopped["outcome"]) == (143, "interrupted")
+        assert stopped["to_revision"] == "r0000"
     assert result.finished["fleet"]["not_started"] == 4
     wait_no_runner_lock(pg_url)
     assert not runner_locks(pg_url)
@@ -424,8 +475,6 @@ def test_plan_current_and_wait_run_on_every_target(tmp_path: Path, pg_url: str) 
     assert fleet(["upgrade"], pg_url, ini, **env).returncode == 0
     assert fleet(["wait", "--timeout", "5"], pg_url, ini, **env).returncode == 0
     current = fleet(["current", "--json"], pg_url, ini, **env)
-    import json
-
     assert {(row["target"], tuple(row["current"])) for row in json.loads(current.stdout)} == {
         (name, ("r0001",)) for name in names
     }
