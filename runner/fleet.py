@@ -93,12 +93,13 @@ def shard_label(settings: Settings) -> str | None:
     return f"{settings.shard_index}/{settings.shard_count}" if settings.shard_count > 1 else None
 
 
-def database_label(url: str, line: int) -> str:
-    """How a database target is named: `host:port/database`, never its credentials."""
+def database_label(url: str, index: int) -> str:
+    """How a database target is named: `host:port/database`, never its credentials (a URL
+    that does not parse: its place in the file, `url-3`)."""
     try:
         parsed = make_url(url)
     except Exception:
-        return f"url-{line}"
+        return f"url-{index}"
     port = f":{parsed.port}" if parsed.port else ""
     return f"{parsed.host or ''}{port}/{parsed.database or ''}"
 
@@ -108,10 +109,10 @@ def targets(settings: Settings, cancel: CancelToken) -> list[FleetTarget]:
     found: list[FleetTarget] = []
     if settings.database_urls or settings.database_urls_file:
         seen: set[str] = set()
-        for line, url in enumerate(settings.database_urls, 1):
-            name = database_label(url.get_secret_value(), line)
+        for index, url in enumerate(settings.database_urls, 1):
+            name = database_label(url.get_secret_value(), index)
             if name in seen:
-                name = f"{name}#{line}"
+                name = f"{name}#{index}"
             seen.add(name)
             found.append(FleetTarget(name, url))
     else:

@@ -21,7 +21,7 @@ from runner import fleet
 from runner.cancel import CancelToken
 from runner.commands import COMMANDS
 from runner.drive import Run
-from runner.errors import ExitCode, UsageError
+from runner.errors import ExitCode, RunnerError, UsageError
 from runner.fleet import FleetTarget, TargetResult, TargetRunner
 from runner.logs import log
 from runner.report import FleetSummary, RunReport
@@ -139,7 +139,11 @@ def run(
 
     runner = TargetRunner(settings, cancel, work_of(spec), prepare)
     if todo:
-        spec = replace(spec, project=runner.load_project(todo[0]))
+        try:
+            spec = replace(spec, project=runner.load_project(todo[0]))
+        except RunnerError:
+            summary.skipped(len(todo), "project_not_loaded")  # the same for every target
+            raise
     outcome = fleet.run_fleet(
         todo, settings, cancel, runner, (worker_entry, spec), finished, printer.skipped
     )

@@ -129,7 +129,13 @@ class Settings:
     @property
     def fleet(self) -> bool:
         """Whether this run migrates a fleet of targets (tenants or databases)."""
-        return bool(self.tenants or self.tenants_query or self.database_urls_file)
+        return bool(
+            self.tenants
+            or self.tenants_file  # an empty list is a fleet of none, not the main database
+            or self.tenants_query
+            or self.database_urls_file
+            or self.database_urls
+        )
 
     def database(self) -> DatabaseUrl:
         """The parsed database URL, or a configuration error naming every place looked at."""

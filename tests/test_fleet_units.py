@@ -32,6 +32,7 @@ from runner.github import render_summary
 from runner.report import FleetSummary, RunReport
 from runner.settings import Secret, Settings, load_settings
 from runner.termination import MAX_MESSAGE_BYTES, termination_message
+from tests.support import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +73,31 @@ def test_tenants_from_a_comma_list_or_a_file_blanks_comments_and_duplicates_drop
     monkeypatch.setenv("MIGRATION_TENANTS_FILE", str(names))
     s = load_settings()
     assert s.fleet and s.tenants == ("acme", "globex", "initech")
+
+
+def test_an_empty_tenants_file_is_a_fleet_of_none_not_the_main_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    names = tmp_path / "tenants"
+    names.write_text("# nobody yet\n")
+    monkeypatch.setenv("MIGRATION_TENANTS_FILE", str(names))
+    s = load_settings()
+    assert s.fleet and s.tenants == ()
+    assert targets(s, CancelToken()) == []
+
+
+def test_a_fleet_whose_project_does_not_load_fails_once_with_every_target_unstarted(
+    tmp_path: Path,
+) -> None:
+    result = run_cli(
+        ["upgrade", "--config", str(tmp_path / "missing.ini")],
+        "postgresql://u@127.0.0.1:1/x",
+        MIGRATION_TENANTS="a,b,c",
+    )
+    assert result.returncode == 78, result.stderr
+    assert not result.named("target_started")
+    fleet = result.finished["fleet"]
+    assert (fleet["not_started"], fleet["stopped"]) == (3, "project_not_loaded")
 
 
 @pytest.mark.parametrize("bad", ['ac"me', "a b", "semi;colon", "quo'te", "tab\tbed"])
