@@ -371,17 +371,26 @@ class _Processes:
             name=f"migration-runner-fleet-{index}",
             daemon=True,
         )
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about fork() in a process with threads: the CLI's main thread
-            # only waits, and the worker touches nothing of the parent's that it may lock.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            process.start()
+        # The worker is born with SIGTERM/SIGINT blocked (a thread of its own takes them with
+        # sigwait), so that one arriving before it is set up waits for it instead of running
+        # the parent's handler in the child. This thread's mask only: the CLI's main thread
+        # keeps handling them for the parent.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns about fork() with threads: the CLI's main thread only
+                # waits, and the worker touches nothing of the parent's that it could lock.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         theirs.close()
         return _Slot(process, mine)
 
     @property
     def busy(self) -> int:
-        return sum(1 for slot in self._slots if slot.target is not None)
+        """Targets out, including those whose worker was lost and not yet reported."""
+        return sum(1 for slot in self._slots if slot.target is not None) + len(self._orphans)
 
     def free(self) -> bool:
         return self._idle() is not None
@@ -441,13 +450,16 @@ class _Processes:
             index = self._slots.index(slot)
             self._slots[index] = self._start(index)
         how = f"was killed by signal {-code}" if code is not None and code < 0 else "exited"
-        return TargetResult(
+        result = TargetResult(
             target.name if target else "",
             self._cancel.exit_code if self._cancel.cancelled else ExitCode.INTERNAL,
             "interrupted" if self._cancel.cancelled else "worker_lost",
             reason=f"the worker process migrating it {how} (exit code {code}); the database "
             "rolls back the revision it was running",
         )
+        if target is not None:
+            log.error("target_finished", **result.event())  # the worker could not say it
+        return result
 
     def _pass_on_signal(self) -> None:
         """The run was cancelled: ask every worker to stop (each rolls back its current
@@ -470,15 +482,15 @@ class _Processes:
             slot.process.kill()
             slot.alive = False
             if slot.target is not None:
-                self._orphans.append(
-                    TargetResult(
-                        slot.target.name,
-                        self._cancel.exit_code,
-                        "interrupted",
-                        reason=f"still running {WORKER_GRACE_S:g}s after the signal: killed; "
-                        "the database rolls back the revision it was running",
-                    )
+                killed = TargetResult(
+                    slot.target.name,
+                    self._cancel.exit_code,
+                    "interrupted",
+                    reason=f"still running {WORKER_GRACE_S:g}s after the signal: killed; "
+                    "the database rolls back the revision it was running",
                 )
+                log.error("target_finished", **killed.event())
+                self._orphans.append(killed)
                 slot.target = None
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -449,6 +450,53 @@ def test_sigterm_mid_fleet_rolls_back_the_running_targets_and_starts_no_other(
             assert found[name] == {"alembic_version", "t_r0000"}, name
         else:
             assert version_of(pg_url, name) is None and name not in found, name
+
+
+def test_a_worker_killed_mid_target_fails_that_target_alone_and_is_replaced(
+    tmp_path: Path, pg_url: str
+) -> None:
+    names = tenants(6)
+    create_schemas(pg_url, names)
+    pid_file = tmp_path / "worker.pid"
+    slow_for_first = Rev(
+        "r0001",
+        "r0000",
+        upgrade=f"""
+        op.create_table("t_r0001", sa.Column("id", sa.Integer, primary_key=True))
+        if context.get_x_argument(as_dictionary=True)["tenant"] == "{names[0]}":
+            import os
+            open({str(pid_file)!r}, "w").write(str(os.getpid()))
+            op.execute("SELECT pg_sleep(60)")
+        """,
+        downgrade='op.drop_table("t_r0001")',
+        header="from alembic import context",
+    )
+    ini = write(tmp_path, COOKBOOK_TENANT, [table_rev("r0000", None, "t_r0000"), slow_for_first])
+    run = LiveCli(
+        ["upgrade", "--config", str(ini)],
+        pg_url,
+        MIGRATION_TENANTS=",".join(names),
+        MIGRATION_PARALLEL="2",
+    )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "".join(run.lines)
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    assert worker != run.proc.pid, "the target runs in a worker process"
+    os.kill(worker, signal.SIGKILL)
+    result = run.finish(60)
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    done = finished_targets(result)
+    assert set(done) == set(names)
+    lost = done[names[0]]
+    assert (lost["exit_code"], lost["outcome"]) == (1, "worker_lost")
+    assert "killed by signal 9" in str(lost["reason"])
+    assert [done[n]["exit_code"] for n in names[1:]] == [0] * 5, "a new worker took over"
+    wait_no_runner_lock(pg_url)
+    assert version_of(pg_url, names[0]) == "r0000", "the server rolled the revision back"
+    assert tables(pg_url)[names[0]] == {"alembic_version", "t_r0000"}
 
 
 # -- the other commands --------------------------------------------------------------------
