@@ -381,11 +381,12 @@ def _dispatch(
     from runner.commands import COMMANDS
     from runner.drive import Run
 
-    if settings.fleet and args.command != "history":
+    if settings.fleet:
         from runner import fleet_commands
 
-        spec = fleet_commands.spec_for(args.command, args, settings)
-        return fleet_commands.run(spec, cancel, report, stdout, fleet_worker, _export_url)
+        if fleet_commands.on_fleet(args.command, args):
+            spec = fleet_commands.spec_for(args.command, args, settings)
+            return fleet_commands.run(spec, cancel, report, stdout, fleet_worker, _export_url)
     _export_url(settings)
     run = Run(settings, cancel, observers, report)
     return COMMANDS[args.command](run, args, stdout)

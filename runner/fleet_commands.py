@@ -29,6 +29,9 @@ from runner.settings import Settings
 
 #: The commands that make sense per target.
 FLEET_COMMANDS = ("upgrade", "check", "wait", "current", "plan")
+#: Commands that act on one database: refused while a fleet is configured, rather than run on
+#: the main database alone. Any other command (`history`) runs as it does without a fleet.
+ONE_DATABASE = ("downgrade", "stamp", "log")
 #: Those whose result is what they found on each target.
 _READERS = ("check", "current", "plan")
 
@@ -76,6 +79,14 @@ def states(run: Run) -> list[dict[str, Any]]:
         }
         for t in run.targets
     ]
+
+
+def on_fleet(command: str, args: argparse.Namespace) -> bool:
+    """Whether `command` runs on every target of the configured fleet; a UsageError when it
+    can only run on one database."""
+    if command in ONE_DATABASE or (command == "plan" and getattr(args, "sql", False)):
+        spec_for(command, args, Settings())  # raises, saying why
+    return command in FLEET_COMMANDS
 
 
 def spec_for(command: str, args: argparse.Namespace, settings: Settings) -> WorkerSpec:
