@@ -390,9 +390,49 @@ def _dispatch(
     from runner.commands import COMMANDS
     from runner.drive import Run
 
+    if settings.fleet:
+        from runner import fleet_commands
+
+        if fleet_commands.on_fleet(args.command, args):
+            spec = fleet_commands.spec_for(args.command, args, settings)
+            return fleet_commands.run(spec, cancel, report, stdout, fleet_worker, _export_url)
     _export_url(settings)
     run = Run(settings, cancel, observers, report)
     return COMMANDS[args.command](run, args, stdout)
+
+
+def fleet_worker(channel: Any, spec: Any) -> None:
+    """A fleet's worker process (runner/fleet.py), forked by the run: the same process edge as
+    `main` around its share of the targets. It inherits the loaded project and the secrets to
+    mask, and builds its own streams, logger and cancel token (nothing another thread of the
+    parent may have held at the fork). A signal (the parent passes SIGTERM on) cancels the
+    statement in flight; the target's revision rolls back and the worker stops."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    settings: Settings = spec.settings
+    os.dup2(2, 1)  # the project's prints join the events on stderr, masked
+    events = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace", buffering=1)
+    sys.stdout = redact.MaskedStream(events)
+    sys.stderr = redact.MaskedStream(events)
+    logs.configure_logging(settings.log_format, settings.log_level, events)
+    from runner.cancel import CancelToken
+
+    cancel = CancelToken()
+
+    def on_signal() -> None:
+        signum = signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        code = ExitCode.SIGTERM if signum == signal.SIGTERM else ExitCode.SIGINT
+        cancel.cancel(signal.Signals(signum).name, code)
+        while True:  # a cancel sent between two statements is lost: resend until the end
+            time.sleep(0.1)
+            cancel.cancel_statement()
+
+    threading.Thread(target=on_signal, name="signals", daemon=True).start()
+    from runner import fleet_commands
+
+    fleet_commands.serve(channel, spec, cancel, _export_url)
+    with contextlib.suppress(OSError, ValueError):
+        events.flush()
+    os._exit(0)
 
 
 def _export_url(settings: Settings) -> None:

@@ -441,6 +441,11 @@ class Run:
                 pending=len(todo),
                 revisions=[p.revision for p in todo],
             )
+        elif heads and not stamp:
+            # At the destination already: Alembic's run_migrations would only read the version
+            # table again (each target of a fleet at head pays one read, not two).
+            self._finish(target, succeeded=True)
+            return
         succeeded = False
         try:
             self._with_ddl_retries(target, run_alembic)

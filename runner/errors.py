@@ -6,6 +6,7 @@ message is one line a user can act on. Only `runner.cli` turns an error into an 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any
 
@@ -65,6 +66,28 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
 PERMANENT_EXIT_CODES = frozenset(
     {ExitCode.GRAPH, ExitCode.MIGRATION_FAILED, ExitCode.PERMISSION, ExitCode.CONFIG}
 )
+
+
+#: Exit codes of failures a rerun may cure (the database comes back, the lock frees up, the
+#: run was interrupted). The chart retries them.
+TRANSIENT_EXIT_CODES = frozenset(
+    {ExitCode.UNAVAILABLE, ExitCode.TEMPORARY, ExitCode.SIGINT, ExitCode.SIGTERM}
+)
+
+
+def fleet_exit_code(failures: Iterable[int], behind: bool = False) -> ExitCode:
+    """One exit code for a fleet (README "Fleets"), from the codes its failed targets ended
+    with: the code they share when they agree; when they differ, 75 if every one of them is
+    transient (a retry may help), else 70 (some target needs a person). No failure: 0, or 3
+    when a target is behind (`check`)."""
+    codes = {ExitCode(code) for code in failures}
+    if not codes:
+        return ExitCode.PENDING if behind else ExitCode.OK
+    lasting = codes - TRANSIENT_EXIT_CODES
+    decisive = lasting or codes
+    if len(decisive) == 1:
+        return next(iter(decisive))
+    return ExitCode.MIGRATION_FAILED if lasting else ExitCode.TEMPORARY
 
 
 class RunnerError(Exception):

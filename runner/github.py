@@ -15,7 +15,7 @@ from typing import TextIO
 from runner.errors import ExitCode
 from runner.logs import log
 from runner.observers import NullObserver
-from runner.report import RunReport
+from runner.report import FleetSummary, RunReport
 
 ANNOTATION_TITLE = "migration-runner"
 
@@ -72,6 +72,9 @@ def render_summary(report: RunReport) -> str:
         f"| Applied | {len(report.applied)} |",
         f"| Duration | {_seconds(report.duration_ms)} |",
     ]
+    if report.fleet is not None:  # no single revision: the targets, and what they applied
+        applied = f"| Applied | {report.fleet.applied} |"
+        lines = [*lines[:6], *fleet_rows(report.fleet), applied, *lines[8:]]
     if not ok:
         lines.append(f"| Reason | {_cell(failure_reason(report))} |")
     if report.failed_revision:
@@ -89,7 +92,41 @@ def render_summary(report: RunReport) -> str:
             f"| {_seconds(rev.duration_ms)} |"
             for rev in report.applied
         ]
+    if report.fleet is not None:
+        lines += fleet_tables(report.fleet)
     return "\n".join(lines) + "\n\n"
+
+
+def fleet_rows(fleet: FleetSummary) -> list[str]:
+    """A fleet's rows of the summary table (in place of the one database's revisions)."""
+    total = fleet.targets + fleet.not_started
+    rows = [f"| Targets | {total}" + (f" (shard {fleet.shard})" if fleet.shard else "") + " |"]
+    rows += [
+        f"| {_cell(outcome)} | {count} |" for outcome, count in sorted(fleet.by_outcome.items())
+    ]
+    if fleet.not_started:
+        rows.append(f"| Not started | {fleet.not_started} ({_cell(fleet.stopped)}) |")
+    return rows
+
+
+def fleet_tables(fleet: FleetSummary) -> list[str]:
+    """The failed targets (the first few, with why) and the slowest."""
+    lines: list[str] = []
+    if fleet.failed:
+        more = fleet.failed_count - len(fleet.failed)
+        lines += ["", "| Failed target | Exit code | Reason |", "|---|---|---|"]
+        lines += [
+            f"| `{_cell(f['target'])}` | {f['exit_code']} | {_cell(f['reason'] or f['outcome'])} |"
+            for f in fleet.failed
+        ]
+        if more:
+            lines.append(f"| ... {more} more (see the `target_finished` events) | | |")
+    if fleet.slowest:
+        lines += ["", "| Slowest target | Duration |", "|---|---|"]
+        lines += [
+            f"| `{_cell(s['target'])}` | {_seconds(s['duration_ms'])} |" for s in fleet.slowest
+        ]
+    return lines
 
 
 class GitHubObserver(NullObserver):

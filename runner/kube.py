@@ -319,6 +319,12 @@ class JobEventObserver(NullObserver):
 
 def succeeded_message(report: RunReport) -> str:
     seconds = report.duration_ms / 1000
+    if report.fleet is not None:
+        shard = f" (shard {report.fleet.shard})" if report.fleet.shard else ""
+        return _one_line(
+            f"{report.fleet.targets} targets{shard} at head: applied {report.fleet.applied} "
+            f"revisions in {seconds:.1f}s"
+        )
     if not report.applied:
         return _one_line(
             f"nothing to apply: database at {report.to_revision or 'base'} ({seconds:.1f}s)"

@@ -11,6 +11,8 @@ is more than one.
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +54,82 @@ class TargetReport:
 
 
 @dataclass
+class FleetSummary:
+    """A fleet run summed up as its targets finish: counts, and a few names worth reading
+    (the failed ones with their reasons, the slowest). Its size does not grow with the fleet,
+    so every sink (the termination message's 4 KiB included) can carry it."""
+
+    #: How many failed (and how many slowest) targets are named in the summary.
+    NAMED = 5
+
+    #: `i/n` when this run is one shard of the fleet.
+    shard: str | None = None
+    targets: int = 0
+    applied: int = 0
+    by_outcome: Counter[str] = field(default_factory=Counter)
+    failed_count: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    behind_count: int = 0
+    not_started: int = 0
+    #: Why targets were left unstarted: `canary_failed`, `max_failed`, `interrupted`.
+    stopped: str | None = None
+    _slowest: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(
+        self,
+        target: str,
+        outcome: str,
+        exit_code: int,
+        applied: int,
+        duration_ms: int,
+        reason: str | None = None,
+        behind: bool = False,
+    ) -> None:
+        """One finished target (`reason`: already masked)."""
+        self.targets += 1
+        self.applied += applied
+        self.by_outcome[outcome] += 1
+        self.behind_count += behind
+        if exit_code not in (0, 3):
+            self.failed_count += 1
+            if len(self.failed) < self.NAMED:
+                short = reason if reason is None or len(reason) <= 160 else reason[:157] + "..."
+                self.failed.append(
+                    {"target": target, "exit_code": exit_code, "outcome": outcome, "reason": short}
+                )
+        entry = (duration_ms, target)
+        if len(self._slowest) < self.NAMED:
+            heapq.heappush(self._slowest, entry)
+        else:
+            heapq.heappushpop(self._slowest, entry)
+
+    def skipped(self, count: int, why: str) -> None:
+        """Targets never started (a failed canary, the failure limit, a signal)."""
+        self.not_started += count
+        self.stopped = self.stopped or why
+
+    @property
+    def slowest(self) -> list[dict[str, Any]]:
+        return [{"target": target, "duration_ms": ms} for ms, target in sorted(self._slowest)[::-1]]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"targets": self.targets + self.not_started}
+        if self.shard:
+            out["shard"] = self.shard
+        out["by_outcome"] = dict(sorted(self.by_outcome.items()))
+        if self.behind_count:
+            out["behind"] = self.behind_count
+        if self.failed_count:
+            out["failed"] = self.failed_count
+            out["failed_targets"] = self.failed
+        if self.not_started:
+            out["not_started"] = self.not_started
+            out["stopped"] = self.stopped
+        out["slowest"] = self.slowest
+        return out
+
+
+@dataclass
 class RunReport:
     command: str
     exit_code: int = 0
@@ -65,6 +143,8 @@ class RunReport:
     sqlstate: str | None = None
     #: The failed revision may be partly applied: the history marks the database dirty.
     dirty: bool = False
+    #: A fleet run: its targets summed up (their own reports are not kept).
+    fleet: FleetSummary | None = None
 
     @property
     def applied(self) -> list[AppliedRevision]:
@@ -100,11 +180,13 @@ class RunReport:
             "command": self.command,
             "exit_code": self.exit_code,
             "outcome": self.outcome,
-            "applied": len(self.applied),
+            "applied": self.fleet.applied if self.fleet else len(self.applied),
             "from_revision": self.from_revision,
             "to_revision": self.to_revision,
             "duration_ms": self.duration_ms,
         }
+        if self.fleet is not None:
+            out["fleet"] = self.fleet.summary()
         if self.downgraded:
             out["downgraded"] = len(self.downgraded)
         if len(self.targets) > 1:

@@ -94,6 +94,27 @@ class Settings:
     # GitHub Actions step summary and annotations.
     github_actions: bool = False
     github_step_summary: Path | None = None
+    # Fleet: one run over many targets (README "Fleets"; runner/fleet.py).
+    #: Tenant names (MIGRATION_TENANTS, or the lines of MIGRATION_TENANTS_FILE): each runs the
+    #: project with the x-argument `tenant_arg=NAME`, as `alembic -x tenant=NAME upgrade head`.
+    tenants: tuple[str, ...] = ()
+    tenants_file: Path | None = None
+    #: SQL run on the main database; its first column names the tenants.
+    tenants_query: str | None = None
+    tenant_arg: str = "tenant"
+    database_urls_file: Path | None = None
+    #: The URLs of `database_urls_file` (a mounted Secret), each a target; registered for
+    #: masking when read.
+    database_urls: tuple[Secret, ...] = ()
+    #: Targets migrated at once, each in a worker process of its own.
+    parallel: int = 4
+    #: Stop starting targets after this many failed (0: never stop).
+    max_failed: int = 0
+    #: Migrate this many targets first; stop if any of them fails.
+    canary: int = 0
+    shard_count: int = 1
+    #: This pod's shard (MIGRATION_SHARD_INDEX, or an Indexed Job's JOB_COMPLETION_INDEX).
+    shard_index: int | None = None
 
     def __post_init__(self) -> None:
         errors = [
@@ -101,8 +122,20 @@ class Settings:
             for name, spec in _SPECS.items()
             if (problem := spec.problem(getattr(self, name))) is not None
         ]
+        errors += _fleet_problems(self)
         if errors:
             raise ConfigError("invalid settings: " + "; ".join(errors))
+
+    @property
+    def fleet(self) -> bool:
+        """Whether this run migrates a fleet of targets (tenants or databases)."""
+        return bool(
+            self.tenants
+            or self.tenants_file  # an empty list is a fleet of none, not the main database
+            or self.tenants_query
+            or self.database_urls_file
+            or self.database_urls
+        )
 
     def database(self) -> DatabaseUrl:
         """The parsed database URL, or a configuration error naming every place looked at."""
@@ -218,6 +251,76 @@ def _names(value: Any) -> tuple[str, ...]:
     return names
 
 
+#: Characters a tenant name may not hold: it is handed to env.py, which may quote it into SQL
+#: (Alembic's cookbook: `set search_path to "%s"`).
+_TENANT_FORBIDDEN = set("\"'`\\;,")
+
+
+def tenant_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a tenant name (None when it can)."""
+    if not name or len(name) > 255:
+        return f"{name[:40]!r} must be 1 to 255 characters"
+    if any(c.isspace() or not c.isprintable() or c in _TENANT_FORBIDDEN for c in name):
+        return f"{name!r} holds a space, a quote, a comma, ';' or a control character"
+    return None
+
+
+def _tenant_names(value: Any) -> tuple[str, ...]:
+    """A comma-separated list (flags: a list already); blanks dropped, duplicates once."""
+    items = value.split(",") if isinstance(value, str) else value
+    names = dict.fromkeys(str(name).strip() for name in items if str(name).strip())
+    for name in names:
+        if (problem := tenant_name_problem(name)) is not None:
+            raise ValueError(problem)
+    return tuple(names)
+
+
+def _key_name(value: str) -> str | None:
+    ok = value and "=" not in value and not any(c.isspace() for c in value)
+    return None if ok else "must be an x-argument key (no '=', no spaces)"
+
+
+def _at_least_one(value: int) -> str | None:
+    return "must be 1 or more" if value < 1 else None
+
+
+def _not_negative(value: int) -> str | None:
+    return "must be 0 or more" if value < 0 else None
+
+
+def _fleet_problems(s: Settings) -> list[str]:
+    """What the fleet settings say together."""
+    problems = []
+    sources = [
+        name
+        for name, used in (
+            ("MIGRATION_TENANTS/MIGRATION_TENANTS_FILE", bool(s.tenants or s.tenants_file)),
+            ("MIGRATION_TENANTS_QUERY", bool(s.tenants_query)),
+            ("MIGRATION_DATABASE_URLS_FILE", bool(s.database_urls_file or s.database_urls)),
+        )
+        if used
+    ]
+    if len(sources) > 1:
+        problems.append(f"choose one source of fleet targets, not {' and '.join(sources)}")
+    if s.shard_count > 1:
+        if not s.fleet:
+            problems.append(
+                "MIGRATION_SHARD_COUNT: shards split a fleet; set MIGRATION_TENANTS, "
+                "MIGRATION_TENANTS_FILE, MIGRATION_TENANTS_QUERY or MIGRATION_DATABASE_URLS_FILE"
+            )
+        if s.shard_index is None:
+            problems.append(
+                "MIGRATION_SHARD_INDEX: needed with MIGRATION_SHARD_COUNT > 1 (an Indexed Job "
+                "sets JOB_COMPLETION_INDEX)"
+            )
+        elif s.shard_index >= s.shard_count:
+            problems.append(
+                f"MIGRATION_SHARD_INDEX: {s.shard_index} is not below MIGRATION_SHARD_COUNT "
+                f"({s.shard_count})"
+            )
+    return problems
+
+
 def _optional_text(value: Any) -> str | None:
     return _text(value) or None
 
@@ -268,6 +371,21 @@ _SPECS: dict[str, _Spec] = dict(
         ),
         _spec("github_actions", _boolean, variables=("GITHUB_ACTIONS",)),
         _spec("github_step_summary", _path, variables=("GITHUB_STEP_SUMMARY",)),
+        _spec("tenants", _tenant_names),
+        _spec("tenants_file", _path),
+        _spec("tenants_query", _optional_text),
+        _spec("tenant_arg", _text, _key_name),
+        _spec("database_urls_file", _path),
+        _spec("parallel", _integer, _at_least_one),
+        _spec("max_failed", _integer, _not_negative),
+        _spec("canary", _integer, _not_negative),
+        _spec("shard_count", _integer, _at_least_one),
+        _spec(
+            "shard_index",
+            _integer,
+            _not_negative,
+            variables=("MIGRATION_SHARD_INDEX", "JOB_COMPLETION_INDEX"),
+        ),
     ]
 )
 
@@ -298,6 +416,38 @@ def _database_url_from_environment() -> tuple[str, str] | None:
     return None
 
 
+def _lines(var: str, path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each line of a list file that is neither blank nor a comment."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{var}={path}: cannot read the file ({exc.strerror})") from None
+    lines = ((n, line.strip()) for n, line in enumerate(text.splitlines(), 1))
+    return [(n, line) for n, line in lines if line and not line.startswith("#")]
+
+
+def _read_fleet_files(values: dict[str, Any]) -> None:
+    """The lists behind MIGRATION_TENANTS_FILE and MIGRATION_DATABASE_URLS_FILE. Every URL is
+    registered for masking before anything else happens to it."""
+    urls_file = values.get("database_urls_file")
+    if urls_file is not None:
+        urls = _lines("MIGRATION_DATABASE_URLS_FILE", urls_file)
+        for _, url in urls:
+            redact.register_url_text(url)
+        values["database_urls"] = tuple(Secret(url) for url in dict.fromkeys(u for _, u in urls))
+    tenants_file = values.get("tenants_file")
+    if tenants_file is not None:
+        if values.get("tenants"):
+            raise ConfigError(
+                "invalid settings: set MIGRATION_TENANTS or MIGRATION_TENANTS_FILE, not both"
+            )
+        names = _lines("MIGRATION_TENANTS_FILE", tenants_file)
+        for n, name in names:
+            if (problem := tenant_name_problem(name)) is not None:
+                raise ConfigError(f"invalid settings: MIGRATION_TENANTS_FILE line {n}: {problem}")
+        values["tenants"] = tuple(dict.fromkeys(name for _, name in names))
+
+
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     """Read settings from the environment; `overrides` (from flags) win over it. Every
     invalid setting is named in one error, without echoing its value."""
@@ -314,6 +464,7 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
             errors.append(f"{source}: {exc}")
     if errors:
         raise ConfigError("invalid settings: " + "; ".join(errors))
+    _read_fleet_files(values)
     url = flags.get("database_url")
     if url is not None:
         redact.register_url_text(url)
@@ -335,4 +486,9 @@ def _raw_value(name: str, spec: _Spec, flags: dict[str, Any]) -> tuple[str, Any]
     return spec.variables[0], None
 
 
-assert {f.name for f in fields(Settings)} == {*_SPECS, "database_url", "database_url_source"}
+assert {f.name for f in fields(Settings)} == {
+    *_SPECS,
+    "database_url",
+    "database_url_source",
+    "database_urls",
+}

@@ -40,6 +40,13 @@ def termination_message(summary: dict[str, Any], limit: int = MAX_MESSAGE_BYTES)
     if len(text.encode()) > limit:
         shorter.pop("reason")
         text = _compact(shorter)
+    fleet = dict(shorter.get("fleet") or {})
+    for detail in ("slowest", "failed_targets"):  # a fleet's names, long ones first to go
+        if len(text.encode()) <= limit or detail not in fleet:
+            break
+        fleet.pop(detail)
+        shorter["fleet"] = fleet
+        text = _compact(shorter)
     return text
 
 

@@ -70,6 +70,21 @@ ALLOWED: dict[str, set[str]] = {
     "kube_cli": {"errors", "logs", "kube", "redact"},
 }
 
+# The fleet: targets, worker processes, shards (one target is one drive.Run) ...
+ALLOWED["fleet"] = {"drive", "report", "db", "redact", "cancel", "errors", "logs", "settings"}
+# ... and what each command does on every target of a fleet, and prints.
+ALLOWED["fleet_commands"] = {
+    "commands",
+    "fleet",
+    "drive",
+    "cancel",
+    "errors",
+    "logs",
+    "report",
+    "settings",
+}
+ALLOWED["cli"].add("fleet_commands")
+
 
 def imports_of(path: Path) -> set[str]:
     found: set[str] = set()
