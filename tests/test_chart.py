@@ -669,3 +669,37 @@ def test_native_sidecar_goes_into_init_containers() -> None:
     job = the_job(COMBOS["native_sidecar_and_wait_snippet"])
     (init,) = job["spec"]["template"]["spec"]["initContainers"]
     assert init["restartPolicy"] == "Always"
+
+
+def test_alembic_options_reach_the_runner_as_the_chart_renders_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """-x values (with spaces and commas), the ini section, the tag, the exported URL names
+    and the history table, loaded from the rendered environment by the runner's settings."""
+    values = {
+        "runner": {
+            "xArgs": ["tenant=acme", "note=a b, c"],
+            "iniSection": "shop",
+            "tag": "blue",
+            "exportUrlAs": ["APP_DATABASE_URL"],
+            "historyTable": "off",
+        }
+    }
+    env = env_of(container(the_job(values)))
+    for var in list(__import__("os").environ):
+        if var.startswith("MIGRATION_"):
+            monkeypatch.delenv(var)
+    for name, value in env.items():
+        if name.startswith("MIGRATION_") and isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    from runner.settings import load_settings
+
+    settings = load_settings()
+    assert settings.x_args == ("tenant=acme", "note=a b, c")
+    assert (settings.ini_section, settings.tag) == ("shop", "blue")
+    assert settings.export_url_as == ("APP_DATABASE_URL",)
+    assert settings.history_table == "off"
+    assert settings.image and "migration-runner" in settings.image, "recorded in the history"
+    defaults = env_of(container(the_job({})))
+    assert "MIGRATION_X_ARGS" not in defaults and "MIGRATION_TAG" not in defaults
+    assert defaults["MIGRATION_HISTORY_TABLE"] == "migration_runner_history"
