@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -17,7 +18,7 @@ from typing import Any, TextIO
 from alembic.runtime.migration import MigrationContext
 
 from runner.drive import Run, Target, Work
-from runner.errors import DatabaseAhead, ExitCode, UsageError, WaitTimeout
+from runner.errors import DatabaseAhead, ExitCode, MigrationFailed, UsageError, WaitTimeout
 from runner.logs import log
 from runner.revisions import describe_step, downgrade_steps, stamp_steps, upgrade_steps
 
@@ -246,6 +247,18 @@ def _plan_sql(run: Run, revision: str, out: TextIO) -> int:
         starting = target.heads[0] if target.heads else None  # type: ignore[assignment]
         destination = revision
     script = run.script
+    if run.settings.shadow_url is not None and _plan_backend(run) == "postgresql":
+        return _plan_sql_from_shadow(run, starting or None, destination, out)
+    why = (
+        "MIGRATION_SHADOW_URL is not set"
+        if run.settings.shadow_url is None
+        else "the shadow run is PostgreSQL's"
+    )
+    log.info("plan_sql_offline", reason=f"{why}: rendered by Alembic's offline mode")
+    out.write(
+        f"-- rendered by Alembic's offline mode ({why}): a revision that inspects the "
+        "database cannot render; set MIGRATION_SHADOW_URL to render from a shadow run\n"
+    )
     run.config.output_buffer = out
 
     def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
@@ -261,6 +274,107 @@ def _plan_sql(run: Run, revision: str, out: TextIO) -> int:
             target=destination,
         )
     )
+    return ExitCode.OK
+
+
+def _plan_backend(run: Run) -> str:
+    """The backend `plan --sql` renders for: the target's, else (a range, no target) the
+    shadow server's."""
+    if run.targets:
+        return run.targets[0].adopted.backend
+    return "postgresql"
+
+
+def _plan_sql_from_shadow(run: Run, starting: str | None, destination: str, out: TextIO) -> int:
+    """`plan --sql` from a shadow run: the statements each revision really sends, so a revision
+    that inspects the database renders too."""
+    from runner import lint as linting
+    from runner import lint_output
+
+    with run.graph.asking(destination):
+        steps = upgrade_steps(run.script, destination, (starting,) if starting else ())
+    review = {describe_step(step).revision for step in steps}
+    if not review:
+        out.write("-- nothing to apply\n")
+        return ExitCode.OK
+    observations = linting.shadow_run(run, review, destination=destination, keep_all=True)
+    lint_output.sql_script(observations, out)
+    out.flush()
+    failed = [o for o in observations if o.status == "failed"]
+    if failed:
+        raise MigrationFailed(
+            f"revision {failed[0].revision} failed in the shadow run: {failed[0].error}",
+            revision=failed[0].revision,
+            sqlstate=failed[0].sqlstate,
+        )
+    return ExitCode.OK
+
+
+def lint(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    """Run the selected revisions on a throwaway database and report what each would lock."""
+    from pathlib import Path
+
+    from runner import lint as linting
+    from runner import lint_git, lint_output
+    from runner.lint_rules import at_or_above
+
+    options = linting.LintOptions(
+        since=args.since, from_revision=args.from_revision, use_squawk=not args.no_squawk
+    )
+    pending = None
+    label = None
+    by_target = options.since is None and options.from_revision is None
+    if by_target and run.settings.database_url is not None:
+        run.drive(_observe(run, "heads"))
+        if len(run.targets) != 1:
+            raise UsageError("lint covers one database; this env.py configures several")
+        target = run.targets[0]
+        if target.unknown:
+            if run.settings.on_db_ahead == "fail":
+                raise DatabaseAhead(target.unknown)
+            log.warning("database_ahead", target=target.label, db_revisions=target.unknown)
+        pending, label = target.pending, target.label
+    result = linting.lint(run, options, pending, label)
+    lint_output.masked(result)
+    root = lint_git.repo_root(Path.cwd())
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "text" if out.isatty() or run.settings.github_actions else "json"
+    fail_on = args.fail_on
+    if fmt == "text":
+        lint_output.write_text(result, fail_on, out, root)
+    elif fmt == "json":
+        lint_output.write_json(result, fail_on, out, root)
+    else:
+        lint_output.write_sarif(result, out, root)
+    out.flush()
+    if args.sarif_file:
+        with open(args.sarif_file, "w", encoding="utf-8") as fh:
+            lint_output.write_sarif(result, fh, root)
+    if run.settings.github_actions:
+        # Workflow commands are read from stdout and stderr alike; keep a JSON or SARIF
+        # document on stdout whole.
+        stream = out if fmt == "text" else sys.stderr
+        lint_output.write_github(result, fail_on, stream, run.settings.github_step_summary, root)
+    counts = result.counts()
+    failing = [f for f in result.findings if not f.suppressed and at_or_above(f.severity, fail_on)]
+    run.report.outcome = "lint_failed" if failing else "lint_passed"
+    log.info(
+        "lint_finished",
+        scope=result.scope,
+        revisions=len(result.observations),
+        errors=counts["error"],
+        warnings=counts["warning"],
+        info=counts["info"],
+        suppressed=counts["suppressed"],
+        fail_on=fail_on,
+    )
+    if failing:
+        run.report.reason = (
+            f"{len(failing)} finding(s) at or above {fail_on}: "
+            + ", ".join(sorted({f"{f.rule} ({f.revision})" for f in failing}))[:500]
+        )
+        return ExitCode.LINT_FINDINGS
     return ExitCode.OK
 
 
@@ -341,4 +455,5 @@ COMMANDS = {
     "current": current,
     "history": history,
     "log": log_,
+    "lint": lint,
 }
