@@ -60,8 +60,8 @@ _CATALOG = """
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid >= 16384 AND c.relkind IN ('r', 'p') AND a.attnum > 0
       AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'),
- 'cons', (SELECT coalesce(json_agg(json_build_array(k.oid::bigint, k.conrelid::bigint, k.conname, k.contype,
-            k.convalidated, k.conindid::bigint, k.confrelid::bigint,
+ 'cons', (SELECT coalesce(json_agg(json_build_array(k.oid::bigint, k.conrelid::bigint,
+            k.conname, k.contype, k.convalidated, k.conindid::bigint, k.confrelid::bigint,
             CASE WHEN k.contype = 'c' THEN pg_get_constraintdef(k.oid) END)), '[]')
     FROM pg_constraint k WHERE k.conrelid >= 16384)
 """

@@ -41,11 +41,19 @@ EXCLUDED = {
     "adding-required-field": "add-not-null-column",
     "changing-column-type": "column-type-rewrite",
     "disallowed-unique-constraint": "unique-without-index",
-    "adding-primary-key-constraint": "unique-without-index",
+    "adding-serial-primary-key-field": "unique-without-index",
     "renaming-column": "rename-column",
     "renaming-table": "rename-table",
     "ban-drop-column": "drop-column",
     "ban-drop-table": "drop-table",
+    # Schema style, not deploy safety: a lint that fires on every table is a lint people
+    # switch off.
+    "prefer-bigint-over-int": "style",
+    "prefer-bigint-over-smallint": "style",
+    "prefer-identity": "style",
+    "prefer-text-field": "style",
+    "prefer-timestamptz": "style",
+    "ban-char-field": "style",
 }
 
 
@@ -97,11 +105,14 @@ def check(observations: list[RevisionObservation]) -> tuple[list[Finding], str |
         except (OSError, subprocess.TimeoutExpired) as exc:
             return [], f"squawk did not run ({type(exc).__name__}): static SQL advice skipped"
     try:
-        results = json.loads(proc.stdout or "[]")
+        results = json.loads(proc.stdout) if proc.stdout.strip() else None
     except ValueError:
+        results = None
+    if not isinstance(results, list) or proc.returncode not in (0, 1):
         first = (proc.stderr.strip().splitlines() or ["no output"])[0]
         return [], f"squawk failed ({first[:200]}): static SQL advice skipped"
     findings = []
+    seen: set[tuple[str, str, int]] = set()
     for item in results:
         entry = files.get(Path(str(item.get("file", ""))).name)
         if entry is None or item.get("rule_name") in EXCLUDED:
@@ -110,9 +121,13 @@ def check(observations: list[RevisionObservation]) -> tuple[list[Finding], str |
         line = int(item.get("line") or 0)
         index = max((i for i, start in enumerate(starts) if start <= line), default=0)
         st = obs.statements[index]
+        rule = str(item.get("rule_name", "unknown"))
+        if (rule, obs.revision, index) in seen:
+            continue  # one finding per rule and statement
+        seen.add((rule, obs.revision, index))
         findings.append(
             Finding(
-                rule=f"squawk:{item.get('rule_name', 'unknown')}",
+                rule=f"squawk:{rule}",
                 severity="info",
                 revision=obs.revision,
                 message=str(item.get("message") or "").strip(),
