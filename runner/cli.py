@@ -297,7 +297,8 @@ def run(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = N
         logs.bind_context(
             pod=settings.pod_name, namespace=settings.pod_namespace, job=settings.job_name
         )
-    observers = observers_for(settings, stdout)
+    # lint writes its own annotations (on the revision lines) and step summary.
+    observers = observers_for(settings, stdout, github=args.command != "lint")
     _notify(observers, lambda o: o.run_started(args.command))
 
     from runner.cancel import CancelToken
@@ -436,10 +437,10 @@ def _notify(observers: Sequence[RunObserver], call: Callable[[RunObserver], None
         notify(observers, call)
 
 
-def observers_for(settings: Any, stdout: TextIO) -> list[RunObserver]:
+def observers_for(settings: Any, stdout: TextIO, github: bool = True) -> list[RunObserver]:
     """The reporters this process has: GitHub Actions, the pod's termination message, Events."""
     observers: list[RunObserver] = []
-    if settings.github_actions:
+    if settings.github_actions and github:
         from runner.github import GitHubObserver
 
         observers.append(GitHubObserver(settings.github_step_summary, stdout))
