@@ -530,3 +530,40 @@ def test_an_env_py_that_connects_elsewhere_is_refused_before_it_connects(
     finally:
         engine.dispose()
     assert tables == 0
+
+
+@pytest.mark.slow
+def test_a_newcomer_lints_against_the_shadow_server_script(tmp_path: Path) -> None:
+    """`scripts/shadow-server.sh` (the suite's throwaway PostgreSQL) prints the export line;
+    lint works against it; the server goes away when stopped."""
+    import subprocess
+    import sys
+
+    from tests.faults.private_pg import can_run_here, server_bindir
+    from tests.support import REPO
+
+    if server_bindir() is None or not can_run_here():
+        pytest.skip("no PostgreSQL binaries usable here")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.shadow_server", "--seconds", "120"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # bounded: the server stops itself after 120 s
+        assert line.startswith("export MIGRATION_SHADOW_URL=postgresql://"), server.stderr
+        url = line.strip().split("=", 1)[1]
+        ini = write_project(
+            tmp_path,
+            [*chain(1), Rev("ix", "r0000", upgrade='op.create_index("i", "t_r0000", ["id"])')],
+        )
+        result = lint(ini, url)
+        assert result.returncode == 4, result.stderr
+        assert [f["rule"] for f in document(result)["findings"]] == ["index-not-concurrent"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
+    assert server.returncode == 0
