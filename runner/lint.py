@@ -88,6 +88,7 @@ class ShadowObserver:
         self._own = False
         self._watched: set[int] = set()
         self._statement_started: float | None = None
+        self._last_after: Snapshot | None = None
 
     # -- StepObserver ----------------------------------------------------------------------
 
@@ -103,13 +104,17 @@ class ShadowObserver:
         )
         self.open = obs
         self._path = os.path.realpath(step.path) if step.path else None
+        previous, self._last_after = self._last_after, None
         if observe:
-            obs.before = self._snapshot(conn, SNAPSHOT_SQL)
+            # What the previous step's transaction saw just before it committed is the catalog
+            # now (nothing runs between its commit and this step): read it only when unknown.
+            obs.before = previous or self._snapshot(conn, SNAPSHOT_SQL)
 
     def in_step_transaction(self, conn: Connection, step: PendingRevision) -> None:
         obs = self.open
         if obs is not None and obs.status == "observed":
             obs.after = self._snapshot(conn, SNAPSHOT_WITH_LOCKS_SQL)
+            self._last_after = dataclasses.replace(obs.after, locks={})
 
     def after_step(self, conn: Connection, step: PendingRevision, duration_ms: int) -> None:
         obs, self.open = self.open, None
@@ -124,6 +129,7 @@ class ShadowObserver:
         """The open step failed with `error`: record it. False when no step was open (the
         failure is env.py's or the connection's, not a revision's)."""
         obs, self.open = self.open, None
+        self._last_after = None
         if obs is None:
             return False
         obs.status = "failed"
