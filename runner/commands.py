@@ -18,7 +18,14 @@ from typing import Any, TextIO
 from alembic.runtime.migration import MigrationContext
 
 from runner.drive import Run, Target, Work
-from runner.errors import DatabaseAhead, ExitCode, MigrationFailed, UsageError, WaitTimeout
+from runner.errors import (
+    ConfigError,
+    DatabaseAhead,
+    ExitCode,
+    MigrationFailed,
+    UsageError,
+    WaitTimeout,
+)
 from runner.logs import log
 from runner.revisions import describe_step, downgrade_steps, stamp_steps, upgrade_steps
 
@@ -329,6 +336,11 @@ def lint(run: Run, args: argparse.Namespace, out: TextIO) -> int:
         if len(run.targets) != 1:
             raise UsageError("lint covers one database; this env.py configures several")
         target = run.targets[0]
+        if target.adopted.backend != "postgresql":
+            raise ConfigError(
+                f"lint runs the revisions on PostgreSQL; {target.label} is "
+                f"{target.adopted.backend} (MariaDB comes later)"
+            )
         if target.unknown:
             if run.settings.on_db_ahead == "fail":
                 raise DatabaseAhead(target.unknown)

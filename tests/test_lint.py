@@ -567,3 +567,52 @@ def test_a_newcomer_lints_against_the_shadow_server_script(tmp_path: Path) -> No
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=60)
     assert server.returncode == 0
+
+
+def test_the_shadow_servers_password_never_appears_in_any_output(
+    tmp_path: Path, pg_server_url: URL, pg_url: str
+) -> None:
+    """The suite's server trusts any password: the run succeeds, and the password (plain and
+    URL-encoded) is nowhere in stdout or stderr, for lint and for plan --sql."""
+    password = "Sh@d0w s3cret/%"
+    shadow = pg_server_url.set(password=password).render_as_string(hide_password=False)
+    ini = write_project(
+        tmp_path, [*chain(1), Rev("ix", "r0000", upgrade='op.create_index("i", "t_r0000", ["id"])')]
+    )
+    outputs = [
+        lint(ini, shadow),
+        run_cli(
+            ["lint", "--format", "text", "--config", str(ini)], None, MIGRATION_SHADOW_URL=shadow
+        ),
+        run_cli(
+            ["lint", "--format", "sarif", "--config", str(ini)], None, MIGRATION_SHADOW_URL=shadow
+        ),
+        run_cli(["plan", "--sql", "--config", str(ini)], pg_url, MIGRATION_SHADOW_URL=shadow),
+    ]
+    assert [r.returncode for r in outputs] == [4, 4, 4, 0], [r.stderr for r in outputs]
+    for result in outputs:
+        for secret in (password, "Sh%40d0w", "s3cret"):
+            assert secret not in result.stdout and secret not in result.stderr
+
+
+def test_plan_sql_from_the_shadow_starts_at_the_targets_revision_and_leaves_it_alone(
+    tmp_path: Path, shadow: str, pg_url: str
+) -> None:
+    ini = write_project(tmp_path, chain(3))
+    assert run_cli(["upgrade", "r0000", "--config", str(ini)], pg_url).returncode == 0
+    before = dump_schema(pg_url)
+    result = run_cli(["plan", "--sql", "--config", str(ini)], pg_url, MIGRATION_SHADOW_URL=shadow)
+    assert result.returncode == 0, result.stderr
+    body = result.stdout
+    assert "CREATE TABLE t_r0001" in body and "CREATE TABLE t_r0002" in body
+    assert "CREATE TABLE t_r0000" not in body
+    assert body.index("-- Running upgrade r0000 -> r0001") < body.index("CREATE TABLE t_r0001")
+    assert "BEGIN;" in body and "COMMIT;" in body
+    assert dump_schema(pg_url) == before
+
+
+def test_a_target_that_is_not_postgresql_is_refused(tmp_path: Path, shadow: str) -> None:
+    ini = write_project(tmp_path, chain(1))
+    result = lint(ini, shadow, url=f"sqlite:///{tmp_path / 'app.db'}")
+    assert result.returncode == 78
+    assert "PostgreSQL" in result.finished["reason"]
