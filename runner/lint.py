@@ -173,9 +173,8 @@ class ShadowObserver:
         line = self._revision_line()
         if line is None and not self.keep_all:
             return  # Alembic's own bookkeeping (the version table), not the revision's
-        autocommit = bool(getattr(getattr(cursor, "connection", None), "autocommit", False))
-        sql = _render(cursor, statement, parameters, executemany)
-        obs.statements.append(Statement(sql, line, autocommit))
+        sql = _render(cursor, statement, parameters, context, executemany)
+        obs.statements.append(Statement(sql, line, _autocommit(conn, cursor)))
         self._statement_started = time.perf_counter()
 
     def _after_execute(self, *_: Any) -> None:
@@ -203,21 +202,43 @@ class ShadowObserver:
         return None
 
 
-def _render(cursor: Any, statement: str, parameters: Any, executemany: bool) -> str:
-    """The statement as the server ran it, bind parameters inlined where the driver can."""
+def _autocommit(conn: Connection, cursor: Any) -> bool:
+    """Whether the statement runs outside a transaction: inside `autocommit_block()` (Alembic
+    sets the AUTOCOMMIT isolation level on the connection), or on a driver connection in
+    autocommit mode."""
+    level = conn.get_execution_options().get("isolation_level")
+    if str(level or "").upper() == "AUTOCOMMIT":
+        return True
+    return getattr(getattr(cursor, "connection", None), "autocommit", False) is True
+
+
+def _render(cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> str:
+    """The statement as the server ran it, bind parameters inlined where possible: by the
+    driver (psycopg2's `mogrify`), else by SQLAlchemy's literal rendering of the compiled
+    statement; a statement whose values cannot be inlined keeps its placeholders."""
     if not parameters:
         return statement.strip()
-    mogrify = getattr(cursor, "mogrify", None)
-    if mogrify is None:
-        return statement.strip()
     rows = parameters if executemany else [parameters]
-    try:
-        rendered = [mogrify(statement, row) for row in rows]
-    except Exception:
-        return statement.strip()
-    return ";\n".join(
-        (r.decode("utf-8", "replace") if isinstance(r, bytes) else str(r)).strip() for r in rendered
-    )
+    mogrify = getattr(cursor, "mogrify", None)
+    if mogrify is not None:
+        try:
+            rendered = [mogrify(statement, row) for row in rows]
+            return ";\n".join(
+                (r.decode("utf-8", "replace") if isinstance(r, bytes) else str(r)).strip()
+                for r in rendered
+            )
+        except Exception:  # noqa: S110 - fall back to SQLAlchemy's rendering
+            pass
+    compiled = getattr(context, "compiled", None)
+    if compiled is not None and not executemany:
+        try:
+            literal = compiled.statement.compile(
+                dialect=context.dialect, compile_kwargs={"literal_binds": True}
+            )
+            return str(literal).strip()
+        except Exception:  # noqa: S110 - a type without a literal form: keep placeholders
+            pass
+    return statement.strip()
 
 
 @contextmanager

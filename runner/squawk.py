@@ -115,7 +115,12 @@ def check(observations: list[RevisionObservation]) -> tuple[list[Finding], str |
     seen: set[tuple[str, str, int]] = set()
     for item in results:
         entry = files.get(Path(str(item.get("file", ""))).name)
-        if entry is None or item.get("rule_name") in EXCLUDED:
+        if (
+            entry is None
+            or item.get("rule_name") in EXCLUDED
+            or item.get("rule_name") == "syntax-error"
+        ):
+            # syntax-error: a statement whose bind values could not be inlined (placeholders)
             continue
         obs, starts = entry
         line = int(item.get("line") or 0)

@@ -616,3 +616,21 @@ def test_a_target_that_is_not_postgresql_is_refused(tmp_path: Path, shadow: str)
     result = lint(ini, shadow, url=f"sqlite:///{tmp_path / 'app.db'}")
     assert result.returncode == 78
     assert "PostgreSQL" in result.finished["reason"]
+
+
+@pytest.mark.parametrize("env_style", ["generic", "cookbook", "async"])
+def test_each_env_py_style_is_observed_alike(tmp_path: Path, shadow: str, env_style: str) -> None:
+    """env.py's own connection (psycopg2, or psycopg 3 under `alembic init -t async`):
+    autocommit_block() is seen as such and bound values are inlined in the captured SQL."""
+    body = (
+        block('op.create_index("i1", "t_r0000", ["id"], postgresql_concurrently=True)')
+        + '\nop.execute(sa.text("UPDATE t_r0000 SET id = :v WHERE id = 0").bindparams(v=5))'
+    )
+    ini = write_project(tmp_path, [*chain(1), Rev("mixed", "r0000", upgrade=body)], env_style)
+    data = document(lint(ini, shadow))
+    assert data["findings"] == [], "CONCURRENTLY in autocommit_block(), a plain UPDATE"
+    statements = data["revisions"][1]["statements"]
+    assert [(s["sql"], s["autocommit"]) for s in statements] == [
+        ("CREATE INDEX CONCURRENTLY i1 ON t_r0000 (id)", True),
+        ("UPDATE t_r0000 SET id = 5 WHERE id = 0", False),
+    ]
