@@ -301,6 +301,8 @@ class Snapshot:
     cols: dict[tuple[int, int], Col] = field(default_factory=dict)
     cons: dict[int, Con] = field(default_factory=dict)
     locks: dict[int, str] = field(default_factory=dict)
+    #: Live (not dropped) columns of each relation, in attribute order.
+    columns_of: dict[int, list[Col]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, text: str) -> Snapshot:
@@ -311,6 +313,8 @@ class Snapshot:
         for row in data.get("cols") or []:
             col = Col(*row)
             snap.cols[(col.rel, col.num)] = col
+            if not col.dropped:
+                snap.columns_of.setdefault(col.rel, []).append(col)
         for row in data.get("cons") or []:
             con = Con(*row)
             snap.cons[con.oid] = con
@@ -320,7 +324,7 @@ class Snapshot:
         return snap
 
     def live_columns(self, rel: int) -> list[Col]:
-        return [c for (r, _), c in self.cols.items() if r == rel and not c.dropped]
+        return sorted(self.columns_of.get(rel, []), key=lambda c: c.num)
 
     def version_tables(self) -> set[int]:
         """Alembic's version tables (one column, `version_num`): the runner's bookkeeping,
@@ -328,7 +332,7 @@ class Snapshot:
         return {
             oid
             for oid, rel in self.rels.items()
-            if rel.kind == "r" and [c.name for c in self.live_columns(oid)] == ["version_num"]
+            if rel.kind == "r" and [c.name for c in self.columns_of.get(oid, [])] == ["version_num"]
         }
 
 
