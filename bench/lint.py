@@ -71,7 +71,8 @@ def main() -> None:
         f"{ADMIN.host or 'socket'}, the 100-revision project of bench/bench.py, median of "
         f"{RUNS} runs each, alternating, each a fresh process ({time.strftime('%Y-%m-%d')}). "
         "Lint's time includes creating and dropping its throwaway database, observing every "
-        "revision (two catalog snapshots and `pg_locks` each) and Squawk; the apply's fresh "
+        "revision (a catalog snapshot and `pg_locks` inside its transaction) and Squawk; the "
+        "apply's fresh "
         "database is made before its clock starts.",
         "",
         "| scenario | migration-runner upgrade (apply 100) | migration-runner lint (all 100) "
