@@ -85,6 +85,7 @@ BASE = Rev(
             sa.Column("m", sa.Enum("ok", "bad", name=f"mood_{side}")),
         )
         op.create_index(f"ix_{side}_note", f"hot_{side}", ["note"])
+        op.create_table(f"bare_{side}", sa.Column("id", sa.Integer, nullable=False))
     """,
 )
 
@@ -176,6 +177,17 @@ CASES: dict[str, tuple[list[str], list[str], str]] = {
         ['op.create_unique_constraint("uq_a_email", "hot_a", ["email"])'],
         "error",
     ),
+    "unique-without-index/primary-key": (
+        [
+            block(
+                'op.create_index("pk_b_idx", "bare_b", ["id"], unique=True, '
+                "postgresql_concurrently=True)"
+            ),
+            'op.execute("ALTER TABLE bare_b ADD CONSTRAINT pk_b PRIMARY KEY USING INDEX pk_b_idx")',
+        ],
+        ['op.create_primary_key("pk_a", "bare_a", ["id"])'],
+        "error",
+    ),
     "ddl-with-backfill": (
         [
             'op.add_column("hot_b", sa.Column("score", sa.Integer))',
@@ -256,6 +268,8 @@ def test_each_rule_finds_the_dangerous_form_and_not_the_safe_one(
     loud = [f for f in findings if f["severity"] in ("warning", "error")]
     innocent = [f for f in loud if f["revision"] in ("setup", *safe_ids)]
     assert innocent == [], f"false alarm on the safe form: {innocent}"
+    rule, _, variant = rule.partition("/")
+    table = "bare_a" if variant == "primary-key" else "hot_a"
     for rev in dangerous_ids:
         found = [f for f in findings if f["revision"] == rev and f["rule"] == rule]
         assert found, f"{rule} not found in {rev}: {findings}"
@@ -266,7 +280,7 @@ def test_each_rule_finds_the_dangerous_form_and_not_the_safe_one(
         assert item["statement"], item
         assert item["message"] and item["safe"]
         if rule not in ("concurrently-in-transaction", "enum-value-used-in-transaction"):
-            assert item["table"] == "hot_a", item
+            assert item["table"] == table, item
             assert item["lock"], item
     assert result.returncode == (4 if severity == "error" else 0), result.stderr
     assert databases_named(pg_server_url, shadow_database_of(result)) == 0
