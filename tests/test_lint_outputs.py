@@ -250,3 +250,30 @@ def test_a_version_table_is_the_runners_bookkeeping_not_a_finding() -> None:
         after=Snapshot.from_json(json.dumps(after)),
     )
     assert judge(obs) == []
+
+
+def test_a_data_change_before_the_ddl_is_a_warning_after_it_an_error() -> None:
+    """The DDL's lock is held through a backfill that follows it (error); a backfill before
+    the DDL only keeps its row locks until the DDL commits (warning)."""
+    rels = {"rels": [_rel(20000, "t", 1)], "cols": [_col(20000, 1, "a"), _col(20000, 2, "b")]}
+    locked = dict(rels, locks=[[20000, "AccessExclusiveLock"]])
+
+    def judged(*sql: str) -> list[tuple[str, str, int | None]]:
+        obs = RevisionObservation(
+            "r1",
+            None,
+            "",
+            None,
+            statements=[Statement(text, line) for line, text in enumerate(sql, start=10)],
+            before=Snapshot.from_json(json.dumps(rels)),
+            after=Snapshot.from_json(json.dumps(locked)),
+        )
+        return [(f.rule, f.severity, f.line) for f in judge(obs)]
+
+    assert judged("ALTER TABLE t ALTER COLUMN b SET DEFAULT 1", "UPDATE t SET b = a") == [
+        ("ddl-with-backfill", "error", 11)
+    ]
+    assert judged("UPDATE t SET b = a", "ALTER TABLE t ALTER COLUMN b SET DEFAULT 1") == [
+        ("ddl-with-backfill", "warning", 11)
+    ]
+    assert judged("ALTER TABLE t ALTER COLUMN b SET DEFAULT 1") == [("catalog-lock", "info", 10)]
