@@ -648,3 +648,17 @@ def test_each_env_py_style_is_observed_alike(tmp_path: Path, shadow: str, env_st
         ("CREATE INDEX CONCURRENTLY i1 ON t_r0000 (id)", True),
         ("UPDATE t_r0000 SET id = 5 WHERE id = 0", False),
     ]
+
+
+def test_x_arguments_reach_env_py_in_the_shadow_run(tmp_path: Path, shadow: str) -> None:
+    """The shadow run is env.py's run: `-x` (and MIGRATION_X_ARGS) pass through."""
+    ini = write_project(
+        tmp_path,
+        chain(1),
+        env_extra='if context.get_x_argument(as_dictionary=True).get("mode") != "lint":\n'
+        '    raise SystemExit("missing -x mode=lint")',
+    )
+    refused = lint(ini, shadow)
+    assert refused.returncode == 78 and "missing -x mode=lint" in refused.finished["reason"]
+    assert lint(ini, shadow, "-x", "mode=lint").returncode == 0
+    assert lint(ini, shadow, MIGRATION_X_ARGS="mode=lint").returncode == 0
