@@ -115,7 +115,16 @@ def deployment_shape(work: Path, run: int) -> tuple[Path, dict[str, str]]:
     return pod / "project", extra
 
 
+def compile_tools() -> None:
+    """Bytecode for both tools' own code, as an image has it (pip compiles what it installs;
+    the runner may be installed editable here)."""
+    import compileall
+
+    compileall.compile_dir(str(REPO / "runner"), quiet=1)
+
+
 def main() -> None:
+    compile_tools()
     work = Path(tempfile.mkdtemp(prefix="mr-bench-"))
     ini = write_project(work / "project", chain(100))
     # The alembic baseline reads its URL from alembic.ini, as plain alembic users do.

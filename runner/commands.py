@@ -13,10 +13,12 @@ import json
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from alembic.runtime.migration import MigrationContext
 
+from runner.activity import SessionInfo
 from runner.drive import Run, Target, Work
 from runner.errors import (
     ConfigError,
@@ -165,8 +167,14 @@ def check(run: Run, args: argparse.Namespace, out: TextIO) -> int:
     return ExitCode.PENDING if any(s["pending"] for s in states) else ExitCode.OK
 
 
+#: How often a waiting `wait` says what it is waiting for (and whenever that changes).
+WAIT_STATUS_EVERY_S = 5.0
+
+
 def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
-    """Block until every target is at head, bounded by MIGRATION_WAIT_TIMEOUT."""
+    """Block until every target is at head, bounded by MIGRATION_WAIT_TIMEOUT, saying what it
+    waits for: no runner yet, a runner migrating (who, from where, how long), or that runner
+    blocked by another session (who, how long, what query)."""
     script = run.script
     timeout = run.settings.wait_timeout
     started = time.monotonic()
@@ -174,7 +182,8 @@ def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
     def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
         target = _current(run)
         conn = target.adopted.conn
-        announced = False
+        last: tuple[str, float] | None = None
+        status: WaitStatus | None = None
         while True:
             target.heads = tuple(heads)
             target.unknown = run.graph.unknown(target.heads)
@@ -187,25 +196,23 @@ def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
             if not pending:
                 break
             waited = time.monotonic() - started
-            if not announced:
-                log.info(
-                    "wait_started",
-                    target=target.label,
-                    current=list(heads),
-                    head=list(run.graph.heads),
-                    timeout_s=timeout,
-                )
-                announced = True
-            if waited >= timeout:
-                raise WaitTimeout(
-                    f"{target.label}: database not at head after {waited:.1f}s "
-                    f"(at {','.join(heads) or 'base'}, {len(pending)} pending)",
-                    waited_s=round(waited, 3),
-                )
+            status = WaitStatus.of(run, target, heads, pending)
             if not target.adopted.external and conn.in_transaction():
                 # Never sit in a transaction while waiting: it would hold back the
                 # runner's CREATE INDEX CONCURRENTLY, and idle-in-transaction timeouts.
                 conn.rollback()
+            now = time.monotonic()
+            if last is None or last[0] != status.state or now - last[1] >= WAIT_STATUS_EVERY_S:
+                log.info("wait_status", **status.fields(), waited_s=round(waited, 1))
+                last = (status.state, now)
+            if waited >= timeout:
+                raise WaitTimeout(
+                    f"{target.label}: database not at head after {waited:.1f}s "
+                    f"(at {','.join(heads) or 'base'}, {len(pending)} pending); "
+                    f"last seen: {status.describe()}",
+                    waited_s=round(waited, 3),
+                    state=status.state,
+                )
             run.cancel.sleep(min(1.0, timeout - waited))
             heads = run.read_heads(target)
         target.report.outcome = "database_ahead" if target.unknown else "up_to_date"
@@ -214,6 +221,51 @@ def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
     run.drive(Work("wait", fn, target="head"))
     run.report.settle_outcome()
     return ExitCode.OK
+
+
+@dataclass(frozen=True)
+class WaitStatus:
+    """Why the database is not at head yet, as a waiting pod's log should say it."""
+
+    target: str
+    #: `no_runner` (nobody holds the migration lock), `runner_migrating`, `runner_blocked`.
+    state: str
+    current: tuple[str, ...]
+    pending: int
+    holder: SessionInfo | None
+    blockers: list[SessionInfo]
+
+    @classmethod
+    def of(cls, run: Run, target: Target, heads: tuple[str, ...], pending: list[Any]) -> WaitStatus:
+        holder = target.adopted.lock_holder(run.settings.lock_key)
+        blockers = target.adopted.blockers_of(holder.pid) if holder is not None else []
+        if holder is None:
+            state = "no_runner"
+        else:
+            state = "runner_blocked" if blockers else "runner_migrating"
+        return cls(target.label, state, heads, len(pending), holder, blockers)
+
+    def describe(self) -> str:
+        if self.holder is None:
+            return "no runner has started (nobody holds the migration lock)"
+        text = f"a runner is migrating ({self.holder.describe()})"
+        if self.blockers:
+            text += "; it is blocked by " + "; ".join(b.describe() for b in self.blockers)
+        return text
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "target": self.target,
+            "state": self.state,
+            "current": list(self.current),
+            "pending": self.pending,
+            "reason": self.describe(),
+        }
+        if self.holder is not None:
+            out["holder"] = self.holder.as_dict()
+        if self.blockers:
+            out["blockers"] = [b.as_dict() for b in self.blockers]
+        return out
 
 
 def plan(run: Run, args: argparse.Namespace, out: TextIO) -> int:

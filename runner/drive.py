@@ -23,8 +23,8 @@ Alembic's private API is used in one place each, listed in `ALEMBIC_PRIVATE_API`
 
 from __future__ import annotations
 
+import os
 import random
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -268,7 +268,7 @@ class Run:
         self._connects = db.RetryingConnects(settings.connect_timeout, cancel)
         self.identity = RunIdentity.new(
             __version__,
-            host=socket.gethostname(),
+            host=os.uname().nodename,
             pod=settings.pod_name,
             job=settings.job_name,
             image=settings.image,
@@ -614,11 +614,13 @@ class Run:
                 self.cancel.check()
                 budget_left -= time.monotonic() - started
                 pause = min(2.0 ** min(attempt, 5) * 0.25, 5.0) * (0.5 + random.random())  # noqa: S311
+                blockers = target.adopted.blockers
                 if budget_left - pause <= 0:
+                    held_by = "; ".join(b.describe() for b in blockers) or "a long transaction"
                     raise DdlBudgetExhausted(
                         f"revision {revision}: could not take a table lock within "
                         f"{self.settings.ddl_lock_timeout:g}s, retried for "
-                        f"{self.settings.ddl_retry_budget:g}s; a long transaction holds it",
+                        f"{self.settings.ddl_retry_budget:g}s; held by {held_by}",
                         revision=revision,
                         sqlstate=db.LOCK_NOT_AVAILABLE,
                         attempts=attempt,
@@ -631,6 +633,8 @@ class Run:
                     retry_in_s=round(pause, 3),
                     budget_left_s=round(budget_left, 3),
                     sqlstate=db.LOCK_NOT_AVAILABLE,
+                    blocked_by="; ".join(b.describe() for b in blockers) or "unknown",
+                    blockers=[b.as_dict() for b in blockers],
                 )
                 self.cancel.sleep(pause)
                 budget_left -= pause

@@ -18,6 +18,7 @@ import logging
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
@@ -33,7 +34,8 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-#: Libraries whose records belong in the runner's log (at the levels `_library_levels` sets).
+#: Libraries whose records belong in the runner's log (at the levels `reclaim_library_loggers`
+#: sets).
 LIBRARY_LOGGERS = ("alembic", "sqlalchemy")
 
 
@@ -90,7 +92,7 @@ class _RecordsToEvents(logging.Handler):
             fields: dict[str, Any] = {"logger": record.name}
             if record.exc_text:
                 fields["exception"] = record.exc_text
-            _pipeline.emit(record.levelno, record.getMessage(), fields)
+            _pipeline.emit(record.levelno, record.getMessage().rstrip(), fields)
         except Exception:
             self.handleError(record)
 
@@ -116,6 +118,10 @@ class _Pipeline:
         self._logger = None  # rebuilt at the next event
         self.handler.setLevel(logging.DEBUG)
         self._migration_filter = _OncePerMessage()
+        # Python's warnings (a deprecation printed by a project's import) are events too, not
+        # plain lines among the JSON ones; straight into the pipeline, so that a project's
+        # logging configuration cannot drop them.
+        warnings.showwarning = _show_warning
         reclaim_library_loggers()
         root = logging.getLogger()
         # The root logger carries project records that nobody else handles; a project that
@@ -155,6 +161,18 @@ class _Pipeline:
             return
         method = getattr(self.logger(), name if name in _LEVELS else "error")
         method(event, **self.context, **fields)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    text = warnings.formatwarning(message, category, filename, lineno, line).strip()
+    _pipeline.emit(logging.WARNING, text, {"logger": "py.warnings"})
 
 
 def _order_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

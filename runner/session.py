@@ -15,6 +15,8 @@ env.py is done (`after_env`), so no other runner can start before that commit.
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from runner import db
+from runner import activity, db
 from runner import lock as locks
 from runner.cancel import CancelToken
 from runner.errors import ConfigError, LockLost
@@ -75,6 +77,13 @@ class AdoptedConnection:
         #: runner's own clean-up statements still run.
         self._giving_back = False
         event.listen(conn, "before_cursor_execute", self._refuse_after_cancel)
+        #: Who blocked this connection's last slow statement (PostgreSQL): a statement still
+        #: waiting at half the lock timeout has its blockers looked up from a second
+        #: connection, so that a `lock_timeout` can name them.
+        self.blockers: list[activity.SessionInfo] = []
+        self._watch: _StatementWatch | None = None
+        if self.backend == "postgresql" and self.facts.server_id:
+            self._watch = _StatementWatch(self, max(0.5, session.ddl_lock_timeout_s / 2))
         self.lock: locks.MigrationLock | None = None
         self.wrote = False
         #: env.py committed its own transaction after the runner's revisions ran in it.
@@ -146,6 +155,21 @@ class AdoptedConnection:
             target=self.label,
         )
         return True
+
+    def lock_holder(self, key: int | None) -> activity.SessionInfo | None:
+        """Who holds this target's migration lock, when the server can say."""
+        if self.backend == "postgresql":
+            return activity.postgres_lock_holder(self.conn, self._key(key))
+        if self.backend in ("mysql", "mariadb"):
+            name = locks.MySqlNamedLock(self.conn, self._key(key)).key
+            return activity.mysql_lock_holder(self.conn, name)
+        return None
+
+    def blockers_of(self, pid: int) -> list[activity.SessionInfo]:
+        """The sessions that session `pid` waits for (PostgreSQL)."""
+        if self.backend != "postgresql":
+            return []
+        return activity.postgres_blockers(self.conn, pid)
 
     def lock_is_free(self, key: int | None) -> bool:
         """Whether no runner holds this target's migration lock right now (taken and given
@@ -287,11 +311,16 @@ class AdoptedConnection:
             # The server drops a session lock with its connection.
             log.warning("lock_release_failed", key=lock.key, reason=db.one_line(exc))
 
+    def _stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+
     def stop_migrating(self) -> None:
         """From here on only the runner's own clean-up runs on this connection (history,
         INVALID index report, settings, unlock): let it through a cancelled run."""
         self._giving_back = True
         self.cancel.off_cancel(self._cancel)
+        self._stop_watching()
 
     def _refuse_after_cancel(self, *_: Any) -> None:
         if not self._giving_back:
@@ -302,6 +331,55 @@ class AdoptedConnection:
 
     def _env_rolled_back(self, _: Connection) -> None:
         self.committed_by_env = False
+
+
+class _StatementWatch:
+    """Looks, from a second connection, at who blocks a statement of this connection that is
+    still running at `after_s` (a daemon thread per connection, idle between statements)."""
+
+    def __init__(self, adopted: AdoptedConnection, after_s: float) -> None:
+        self._adopted = adopted
+        self._after_s = after_s
+        self._pid = int(adopted.facts.server_id or 0)
+        self._url = db.sync_url(adopted.conn)
+        self._started: float | None = None
+        self._looked = False
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        event.listen(adopted.conn, "before_cursor_execute", self._statement_started)
+        event.listen(adopted.conn, "after_cursor_execute", self._statement_done)
+
+    def _statement_started(self, *_: Any) -> None:
+        self._started, self._looked = time.monotonic(), False
+        self._adopted.blockers = []
+        if self._thread is None and not self._stopped.is_set():
+            self._thread = threading.Thread(target=self._run, name="statement-watch", daemon=True)
+            self._thread.start()
+
+    def _statement_done(self, *_: Any) -> None:
+        self._started = None
+
+    def _run(self) -> None:
+        while not self._stopped.wait(0.1):
+            started = self._started
+            if started is None or self._looked or time.monotonic() - started < self._after_s:
+                continue
+            self._looked = True
+            try:
+                engine = db.runner_engine(self._url)
+                try:
+                    with engine.connect() as other:
+                        self._adopted.blockers = activity.postgres_blockers(other, self._pid)
+                finally:
+                    engine.dispose()
+            except Exception as exc:  # best effort: the event just names no blocker
+                log.debug("blocker_lookup_failed", reason=db.one_line(exc))
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(Exception):
+            event.remove(self._adopted.conn, "before_cursor_execute", self._statement_started)
+            event.remove(self._adopted.conn, "after_cursor_execute", self._statement_done)
 
 
 def _dbapi_closed(dbapi_connection: Any) -> bool:

@@ -488,6 +488,8 @@ structlog.configure(
     logger_factory=structlog.PrintLoggerFactory(sys.stdout),
 )
 print("hello from the app's import")
+import warnings
+warnings.warn("app.legacy is deprecated", FutureWarning, stacklevel=1)
 structlog.get_logger().info("app_configured")
 logging.getLogger("app").info("app logger says hi")
 """
@@ -509,6 +511,11 @@ def test_a_project_that_takes_over_logging_does_not_take_over_the_runners_output
     assert "hello from the app's import" in result.stderr, "the project keeps its own lines"
     assert "DICT app app logger says hi" in result.stderr
     assert "app_configured" in result.stderr
+    assert any(e.get("logger", "").startswith("alembic") for e in result.events), (
+        "Alembic's records still reach the runner's pipeline after the project's dictConfig"
+    )
+    [warned] = [e for e in result.events if e.get("logger") == "py.warnings"]
+    assert "app.legacy is deprecated" in warned["event"], "warnings are events, not plain text"
     assert_same(plain, ours)
 
     check = run_cli(["check", "--json", "--config", str(ini)], ours)

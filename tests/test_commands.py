@@ -127,3 +127,11 @@ def test_ini_sqlalchemy_url_with_percent_is_not_interpolated(tmp_path: Path, pg_
     finally:
         execute(pg_url, f"DROP OWNED BY {role}")
         execute(pg_url, f"DROP ROLE {role}")
+
+
+def test_version_and_help_print_on_stdout_and_exit_0() -> None:
+    version = run_cli(["--version"], None)
+    assert version.returncode == 0
+    assert version.stdout.startswith("migration-runner ") and version.stdout.strip()[-1].isdigit()
+    helped = run_cli(["upgrade", "--help"], None)
+    assert helped.returncode == 0 and "-x KEY=VALUE" in helped.stdout and "--tag" in helped.stdout

@@ -36,6 +36,7 @@ ALLOWED: dict[str, set[str]] = {
         "__init__",
     },
     "commands": {
+        "activity",
         "drive",
         "errors",
         "logs",
@@ -79,7 +80,8 @@ ALLOWED: dict[str, set[str]] = {
         "report",
         "settings",
     },
-    "session": {"db", "lock", "cancel", "errors", "logs"},
+    "session": {"activity", "db", "lock", "cancel", "errors", "logs"},
+    "activity": {"redact"},
     "db": {"redact", "cancel", "errors", "logs"},
     "lock": {"cancel", "errors"},
     "history": {"errors"},

@@ -1,0 +1,86 @@
+"""The compatibility harness's own pure parts (no database, no install): they run in the
+default suite so that a broken comparison cannot pass the opt-in suite silently."""
+
+from __future__ import annotations
+
+import json
+
+from tests.compat import databases
+from tests.compat.harness import Case, Outcome, Run, _set_option, all_cases, check_contract
+from tests.compat.projects import PROJECTS
+
+
+def _event(event: str, **fields: object) -> str:
+    return json.dumps({"timestamp": "t", "level": "info", "event": event, **fields})
+
+
+def _outcome() -> Outcome:
+    return Outcome(all_cases()[0])
+
+
+def test_set_option_replaces_only_in_the_alembic_section_and_adds_when_missing() -> None:
+    ini = "[alembic]\nscript_location = alembic\n[other]\nsqlalchemy.url = keep\n"
+    changed = _set_option(_set_option(ini, "script_location", "/abs"), "sqlalchemy.url", "x://")
+    assert "script_location = /abs" in changed
+    assert "[alembic]\nsqlalchemy.url = x://" in changed
+    assert "sqlalchemy.url = keep" in changed
+
+
+def test_pg_dump_normalisation_drops_comments_blank_lines_and_restrict_keys() -> None:
+    dump = (
+        "--\n-- Name: t\n--\n\\restrict abc123\n\nCREATE TABLE public.t ();\n\\unrestrict abc123\n"
+    )
+    assert databases._normalise_pg_dump(dump) == "CREATE TABLE public.t ();"
+
+
+def test_contract_accepts_json_lines_with_one_run_finished() -> None:
+    stderr = "\n".join([_event("lock_acquired"), _event("run_finished", exit_code=0, applied=3)])
+    outcome = _outcome()
+    check_contract(Run("runner", [], 0, "", stderr, 0.0), outcome)
+    assert outcome.status == "same", outcome.problems
+
+
+def test_contract_flags_text_lines_missing_summary_exit_mismatch_and_stdout() -> None:
+    outcome = _outcome()
+    check_contract(Run("runner", [], 0, "", "INFO  [alembic] Running upgrade", 0.0), outcome)
+    assert outcome.status == "different"
+    assert any("not JSON" in p for p in outcome.problems)
+    assert any("0 run_finished" in p for p in outcome.problems)
+
+    outcome = _outcome()
+    stderr = _event("run_finished", exit_code=0)
+    check_contract(Run("runner", [], 70, "printed", stderr, 0.0), outcome)
+    assert any("process exited 70" in p for p in outcome.problems)
+    assert any("stdout not empty" in p for p in outcome.problems)
+
+
+def test_every_case_has_a_unique_id_and_a_downgrade_target_for_its_backend() -> None:
+    cases: list[Case] = all_cases()
+    assert len({c.id for c in cases}) == len(cases)
+    for project in PROJECTS:
+        assert set(project.backends) <= set(project.downgrade_to), project.key
+
+
+def test_sqlite_table_constraints_compare_in_any_order_but_columns_keep_theirs() -> None:
+    head = 'CREATE TABLE "t" (\n\ta INTEGER, b TEXT, PRIMARY KEY (a), '
+    one = head + "UNIQUE (a, b), FOREIGN KEY(b) REFERENCES u (b)\n)"
+    two = head + "FOREIGN KEY(b) REFERENCES u (b), UNIQUE (a, b)\n)"
+    swapped_columns = 'CREATE TABLE "t" (b TEXT, a INTEGER, PRIMARY KEY (a))'
+    norm = databases._normalise_sqlite_sql
+    assert norm(one) == norm(two)
+    assert norm(swapped_columns) != norm('CREATE TABLE "t" (a INTEGER, b TEXT, PRIMARY KEY (a))')
+    assert norm("CREATE INDEX ix ON t (a)") == "CREATE INDEX ix ON t (a)"
+
+
+def test_mariadb_keys_compare_in_any_order_and_auto_increment_counters_are_ignored() -> None:
+    def create(keys: list[str], counter: int) -> str:
+        body = ",\n".join(["  `id` int(11) NOT NULL", "  `a` int(11)", *keys])
+        return f"CREATE TABLE `t` (\n{body}\n) ENGINE=InnoDB AUTO_INCREMENT={counter}"
+
+    one = create(["  PRIMARY KEY (`id`)", "  KEY `ix_a` (`a`)", "  KEY `ix_b` (`a`,`id`)"], 3)
+    two = create(["  PRIMARY KEY (`id`)", "  KEY `ix_b` (`a`,`id`)", "  KEY `ix_a` (`a`)"], 9)
+    assert databases._normalise_maria_create(one) == databases._normalise_maria_create(two)
+    moved = one.replace(
+        "  `id` int(11) NOT NULL,\n  `a` int(11)", "  `a` int(11),\n  `id` int(11) NOT NULL"
+    )
+    assert databases._normalise_maria_create(moved) != databases._normalise_maria_create(one)
