@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,14 +19,7 @@ from alembic.runtime.migration import MigrationContext
 
 from runner.activity import SessionInfo
 from runner.drive import Run, Target, Work
-from runner.errors import (
-    ConfigError,
-    DatabaseAhead,
-    ExitCode,
-    MigrationFailed,
-    UsageError,
-    WaitTimeout,
-)
+from runner.errors import DatabaseAhead, ExitCode, UsageError, WaitTimeout
 from runner.logs import log
 from runner.revisions import describe_step, downgrade_steps, stamp_steps, upgrade_steps
 
@@ -349,6 +341,7 @@ def _plan_sql_from_shadow(run: Run, starting: str | None, destination: str, out:
     that inspects the database renders too."""
     from runner import lint as linting
     from runner import lint_output
+    from runner.errors import MigrationFailed
 
     with run.graph.asking(destination):
         steps = upgrade_steps(run.script, destination, (starting,) if starting else ())
@@ -370,12 +363,11 @@ def _plan_sql_from_shadow(run: Run, starting: str | None, destination: str, out:
 
 
 def lint(run: Run, args: argparse.Namespace, out: TextIO) -> int:
-    """Run the selected revisions on a throwaway database and report what each would lock."""
-    from pathlib import Path
-
+    """Run the selected revisions on a throwaway database and report what each would lock
+    (`runner.lint`; what it prints and exits with: `runner.lint_output.finish`)."""
     from runner import lint as linting
-    from runner import lint_git, lint_output
-    from runner.lint_rules import at_or_above
+    from runner import lint_output
+    from runner.errors import ConfigError
 
     options = linting.LintOptions(
         since=args.since, from_revision=args.from_revision, use_squawk=not args.no_squawk
@@ -399,47 +391,7 @@ def lint(run: Run, args: argparse.Namespace, out: TextIO) -> int:
             log.warning("database_ahead", target=target.label, db_revisions=target.unknown)
         pending, label = target.pending, target.label
     result = linting.lint(run, options, pending, label)
-    lint_output.masked(result)
-    root = lint_git.repo_root(Path.cwd())
-    fmt = args.format
-    if fmt == "auto":
-        fmt = "text" if out.isatty() or run.settings.github_actions else "json"
-    fail_on = args.fail_on
-    if fmt == "text":
-        lint_output.write_text(result, fail_on, out, root)
-    elif fmt == "json":
-        lint_output.write_json(result, fail_on, out, root)
-    else:
-        lint_output.write_sarif(result, out, root)
-    out.flush()
-    if args.sarif_file:
-        with open(args.sarif_file, "w", encoding="utf-8") as fh:
-            lint_output.write_sarif(result, fh, root)
-    if run.settings.github_actions:
-        # Workflow commands are read from stdout and stderr alike; keep a JSON or SARIF
-        # document on stdout whole.
-        stream = out if fmt == "text" else sys.stderr
-        lint_output.write_github(result, fail_on, stream, run.settings.github_step_summary, root)
-    counts = result.counts()
-    failing = [f for f in result.findings if not f.suppressed and at_or_above(f.severity, fail_on)]
-    run.report.outcome = "lint_failed" if failing else "lint_passed"
-    log.info(
-        "lint_finished",
-        scope=result.scope,
-        revisions=len(result.observations),
-        errors=counts["error"],
-        warnings=counts["warning"],
-        info=counts["info"],
-        suppressed=counts["suppressed"],
-        fail_on=fail_on,
-    )
-    if failing:
-        run.report.reason = (
-            f"{len(failing)} finding(s) at or above {fail_on}: "
-            + ", ".join(sorted({f"{f.rule} ({f.revision})" for f in failing}))[:500]
-        )
-        return ExitCode.LINT_FINDINGS
-    return ExitCode.OK
+    return lint_output.finish(result, args, out, run.settings, run.report)
 
 
 def current(run: Run, args: argparse.Namespace, out: TextIO) -> int:

@@ -8,14 +8,20 @@ before any of these outputs sees it.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from runner import __version__, github
+from runner import __version__, github, lint_git
+from runner.errors import ExitCode
 from runner.lint import LintResult
 from runner.lint_rules import RULES, RevisionObservation, at_or_above
+from runner.logs import log
 from runner.redact import redact
+from runner.report import RunReport
+from runner.settings import Settings
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/migration-runner/migration-runner#lint"
@@ -289,8 +295,6 @@ def write_github(
             with summary_path.open("a", encoding="utf-8") as fh:
                 fh.write(step_summary(result, fail_on, root))
         except OSError as exc:
-            from runner.logs import log
-
             log.warning("github_step_summary_unwritable", path=str(summary_path), error=str(exc))
 
 
@@ -321,3 +325,59 @@ def sql_script(observations: list[RevisionObservation], out: TextIO) -> None:
             out.write("COMMIT;\n")
         if obs.status == "failed":
             out.write(f"-- FAILED: {redact(obs.error or '')}\n")
+
+
+# -- the command's ending --------------------------------------------------------------------
+
+
+def finish(
+    result: LintResult,
+    args: argparse.Namespace,
+    out: TextIO,
+    settings: Settings,
+    report: RunReport,
+) -> int:
+    """Print `result` in the asked format (and SARIF to `--sarif-file`, GitHub annotations and
+    summary in Actions), record the outcome in the run's report, and return the exit code:
+    4 when a finding at or above `--fail-on` is not suppressed."""
+    masked(result)
+    root = lint_git.repo_root(Path.cwd())
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "text" if out.isatty() or settings.github_actions else "json"
+    fail_on = args.fail_on
+    if fmt == "text":
+        write_text(result, fail_on, out, root)
+    elif fmt == "json":
+        write_json(result, fail_on, out, root)
+    else:
+        write_sarif(result, out, root)
+    out.flush()
+    if args.sarif_file:
+        with open(args.sarif_file, "w", encoding="utf-8") as fh:
+            write_sarif(result, fh, root)
+    if settings.github_actions:
+        # Workflow commands are read from stdout and stderr alike: a JSON or SARIF document
+        # on stdout stays whole.
+        stream = out if fmt == "text" else sys.stderr
+        write_github(result, fail_on, stream, settings.github_step_summary, root)
+    counts = result.counts()
+    failing = [f for f in result.findings if not f.suppressed and at_or_above(f.severity, fail_on)]
+    report.outcome = "lint_failed" if failing else "lint_passed"
+    log.info(
+        "lint_finished",
+        scope=result.scope,
+        revisions=len(result.observations),
+        errors=counts["error"],
+        warnings=counts["warning"],
+        info=counts["info"],
+        suppressed=counts["suppressed"],
+        fail_on=fail_on,
+    )
+    if not failing:
+        return ExitCode.OK
+    report.reason = redact(
+        f"{len(failing)} finding(s) at or above {fail_on}: "
+        + ", ".join(sorted({f"{f.rule} ({f.revision})" for f in failing}))[:500]
+    )
+    return ExitCode.LINT_FINDINGS
