@@ -280,7 +280,7 @@ def shadow_run(
         raise ConfigError(
             "no shadow server: set MIGRATION_SHADOW_URL to a PostgreSQL server where the "
             "runner may create and drop a throwaway database (in CI, a postgres service "
-            "container)"
+            "container; in a checkout of the runner, `bash scripts/shadow-server.sh` starts one)"
         )
     observer = ShadowObserver(review, keep_all)
     script = run.script
