@@ -277,3 +277,19 @@ def test_a_data_change_before_the_ddl_is_a_warning_after_it_an_error() -> None:
         ("ddl-with-backfill", "warning", 11)
     ]
     assert judged("ALTER TABLE t ALTER COLUMN b SET DEFAULT 1") == [("catalog-lock", "info", 10)]
+
+
+def test_the_shadow_url_is_a_secret_from_the_moment_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runner import redact
+    from runner.settings import Settings, load_settings
+
+    monkeypatch.setenv("MIGRATION_SHADOW_URL", "postgresql://ci:Xy9%40pw!@db:5432/postgres")
+    settings = load_settings()
+    assert settings.shadow_url is not None
+    assert "Xy9" not in repr(settings)
+    assert redact.redact("got Xy9@pw! and Xy9%40pw!") == "got *** and ***"
+    monkeypatch.setenv("MIGRATION_SHADOW_URL", "")
+    assert load_settings().shadow_url is None
+    assert Settings().shadow_url is None
