@@ -47,6 +47,8 @@ COMMAND_HELP = {
     "downgrade": "downgrade to REVISION (needs --yes), under the lock",
     "stamp": "set the version table to REVISION without running migrations, under the lock",
     "kube-run": "run the migration Job in Kubernetes and exit with its exit code",
+    "lint": "apply the revisions to a throwaway database (MIGRATION_SHADOW_URL) and report "
+    "what each would lock or rewrite",
 }
 
 
@@ -174,7 +176,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--purge", action="store_true", help="empty the version table first (alembic --purge)"
     )
     sub.add_parser("kube-run", help=COMMAND_HELP["kube-run"], add_help=False)
+    _lint_arguments(add("lint"))
     return parser
+
+
+def _lint_arguments(lint: argparse.ArgumentParser) -> None:
+    which = lint.add_mutually_exclusive_group()
+    which.add_argument(
+        "--since",
+        metavar="GIT_REF",
+        help="lint the revisions added or changed since this git base (e.g. origin/main), "
+        "and check that revisions already there were not edited, re-parented or deleted",
+    )
+    which.add_argument(
+        "--from",
+        dest="from_revision",
+        metavar="REVISION",
+        help="lint REVISION and every revision after it",
+    )
+    lint.add_argument(
+        "--format",
+        choices=["auto", "text", "json", "sarif"],
+        default="auto",
+        help="stdout format (auto: text on a terminal or in GitHub Actions, else json)",
+    )
+    lint.add_argument(
+        "--fail-on",
+        choices=["error", "warning", "info", "never"],
+        default="error",
+        help="exit 4 when a finding at or above this severity is not suppressed (default: error)",
+    )
+    lint.add_argument("--sarif-file", metavar="PATH", help="also write SARIF 2.1.0 to PATH")
+    lint.add_argument(
+        "--no-squawk", action="store_true", help="skip Squawk's static advice on the SQL"
+    )
 
 
 _SETTING_FLAGS = (
@@ -271,7 +306,8 @@ def run(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = N
         logs.bind_context(
             pod=settings.pod_name, namespace=settings.pod_namespace, job=settings.job_name
         )
-    observers = observers_for(settings, stdout)
+    # lint writes its own annotations (on the revision lines) and step summary.
+    observers = observers_for(settings, stdout, github=args.command != "lint")
     _notify(observers, lambda o: o.run_started(args.command))
 
     from runner.cancel import CancelToken
@@ -450,10 +486,10 @@ def _notify(observers: Sequence[RunObserver], call: Callable[[RunObserver], None
         notify(observers, call)
 
 
-def observers_for(settings: Any, stdout: TextIO) -> list[RunObserver]:
+def observers_for(settings: Any, stdout: TextIO, github: bool = True) -> list[RunObserver]:
     """The reporters this process has: GitHub Actions, the pod's termination message, Events."""
     observers: list[RunObserver] = []
-    if settings.github_actions:
+    if settings.github_actions and github:
         from runner.github import GitHubObserver
 
         observers.append(GitHubObserver(settings.github_step_summary, stdout))

@@ -298,6 +298,18 @@ def _plan_sql(run: Run, revision: str, out: TextIO) -> int:
         starting = target.heads[0] if target.heads else None  # type: ignore[assignment]
         destination = revision
     script = run.script
+    if run.settings.shadow_url is not None and _plan_backend(run) == "postgresql":
+        return _plan_sql_from_shadow(run, starting or None, destination, out)
+    why = (
+        "MIGRATION_SHADOW_URL is not set"
+        if run.settings.shadow_url is None
+        else "the shadow run is PostgreSQL's"
+    )
+    log.info("plan_sql_offline", reason=f"{why}: rendered by Alembic's offline mode")
+    out.write(
+        f"-- rendered by Alembic's offline mode ({why}): a revision that inspects the "
+        "database cannot render; set MIGRATION_SHADOW_URL to render from a shadow run\n"
+    )
     run.config.output_buffer = out
 
     def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
@@ -314,6 +326,72 @@ def _plan_sql(run: Run, revision: str, out: TextIO) -> int:
         )
     )
     return ExitCode.OK
+
+
+def _plan_backend(run: Run) -> str:
+    """The backend `plan --sql` renders for: the target's, else (a range, no target) the
+    shadow server's."""
+    if run.targets:
+        return run.targets[0].adopted.backend
+    return "postgresql"
+
+
+def _plan_sql_from_shadow(run: Run, starting: str | None, destination: str, out: TextIO) -> int:
+    """`plan --sql` from a shadow run: the statements each revision really sends, so a revision
+    that inspects the database renders too."""
+    from runner import lint as linting
+    from runner import lint_output
+    from runner.errors import MigrationFailed
+
+    with run.graph.asking(destination):
+        steps = upgrade_steps(run.script, destination, (starting,) if starting else ())
+    review = {describe_step(step).revision for step in steps}
+    if not review:
+        out.write("-- nothing to apply\n")
+        return ExitCode.OK
+    observations = linting.shadow_run(run, review, destination=destination, keep_all=True)
+    lint_output.sql_script(observations, out)
+    out.flush()
+    failed = [o for o in observations if o.status == "failed"]
+    if failed:
+        raise MigrationFailed(
+            f"revision {failed[0].revision} failed in the shadow run: {failed[0].error}",
+            revision=failed[0].revision,
+            sqlstate=failed[0].sqlstate,
+        )
+    return ExitCode.OK
+
+
+def lint(run: Run, args: argparse.Namespace, out: TextIO) -> int:
+    """Run the selected revisions on a throwaway database and report what each would lock
+    (`runner.lint`; what it prints and exits with: `runner.lint_output.finish`)."""
+    from runner import lint as linting
+    from runner import lint_output
+    from runner.errors import ConfigError
+
+    options = linting.LintOptions(
+        since=args.since, from_revision=args.from_revision, use_squawk=not args.no_squawk
+    )
+    pending = None
+    label = None
+    by_target = options.since is None and options.from_revision is None
+    if by_target and run.settings.database_url is not None:
+        run.drive(_observe(run, "heads"))
+        if len(run.targets) != 1:
+            raise UsageError("lint covers one database; this env.py configures several")
+        target = run.targets[0]
+        if target.adopted.backend != "postgresql":
+            raise ConfigError(
+                f"lint runs the revisions on PostgreSQL; {target.label} is "
+                f"{target.adopted.backend} (MariaDB comes later)"
+            )
+        if target.unknown:
+            if run.settings.on_db_ahead == "fail":
+                raise DatabaseAhead(target.unknown)
+            log.warning("database_ahead", target=target.label, db_revisions=target.unknown)
+        pending, label = target.pending, target.label
+    result = linting.lint(run, options, pending, label)
+    return lint_output.finish(result, args, out, run.settings, run.report)
 
 
 def current(run: Run, args: argparse.Namespace, out: TextIO) -> int:
@@ -393,4 +471,5 @@ COMMANDS = {
     "current": current,
     "history": history,
     "log": log_,
+    "lint": lint,
 }

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     INTERNAL = 1
     USAGE = 2
     PENDING = 3
+    LINT_FINDINGS = 4
     GRAPH = 65
     UNAVAILABLE = 69
     MIGRATION_FAILED = 70
@@ -34,6 +35,11 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
     ExitCode.INTERNAL: ("internal error (a bug)", "-"),
     ExitCode.USAGE: ("usage: bad command-line arguments", "no"),
     ExitCode.PENDING: ("`check`: revisions are pending", "-"),
+    ExitCode.LINT_FINDINGS: (
+        "`lint`: a finding at or above `--fail-on` (default `error`): a revision would block "
+        "or rewrite a table, or the graph/git-base checks failed",
+        "no",
+    ),
     ExitCode.GRAPH: (
         "revision graph: multiple heads, duplicate revision, database ahead with `fail` "
         "policy, database dirty (a revision stopped part-way: fix it, then `stamp`)",

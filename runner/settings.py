@@ -91,6 +91,9 @@ class Settings:
     #: kubelet's `/dev/termination-log`); set, it is written anywhere (a compose volume).
     termination_message_path: Path | None = None
     in_kubernetes: bool = False
+    #: `lint` and `plan --sql`: a PostgreSQL server where the runner may create and drop a
+    #: throwaway database (the shadow run applies the revisions there).
+    shadow_url: Secret | None = None
     # GitHub Actions step summary and annotations.
     github_actions: bool = False
     github_step_summary: Path | None = None
@@ -329,6 +332,17 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+def _secret_url(value: Any) -> Secret | None:
+    """A URL holding a password: masked in every output from the moment it is read."""
+    if isinstance(value, Secret):
+        return value
+    text = str(value).strip()
+    if not text:
+        return None
+    redact.register_url_text(text)
+    return Secret(text)
+
+
 def _spec(
     name: str,
     parse: Callable[[Any], Any],
@@ -369,6 +383,7 @@ _SPECS: dict[str, _Spec] = dict(
             _present,
             variables=("MIGRATION_IN_KUBERNETES", "KUBERNETES_SERVICE_HOST"),
         ),
+        _spec("shadow_url", _secret_url),
         _spec("github_actions", _boolean, variables=("GITHUB_ACTIONS",)),
         _spec("github_step_summary", _path, variables=("GITHUB_STEP_SUMMARY",)),
         _spec("tenants", _tenant_names),
@@ -393,6 +408,15 @@ _SPECS: dict[str, _Spec] = dict(
 def variables() -> dict[str, str]:
     """Each user setting and the environment variable that sets it (for the README test)."""
     return {name: spec.variables[0] for name, spec in _SPECS.items()}
+
+
+def export_database_url(settings: Settings) -> None:
+    """MIGRATION_EXPORT_URL_AS: env.py reads its URL from variables of its own; point them at
+    `settings.database_url` (the shadow run points them at its throwaway database)."""
+    if settings.export_url_as and settings.database_url is not None:
+        url = settings.database_url.get_secret_value()
+        for name in settings.export_url_as:
+            os.environ[name] = url
 
 
 def _read_secret_file(var: str, path: str) -> str:

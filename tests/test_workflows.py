@@ -21,7 +21,7 @@ LOCAL_PATH = re.compile(
     r"/[\w./-]*[\w-]|Dockerfile|requirements(?:-dev)?\.lock|pyproject\.toml)"
 )
 #: Write scopes a workflow may ask for, and where.
-ALLOWED_WRITES = {"release.yml": {"packages"}}
+ALLOWED_WRITES = {"release.yml": {"packages"}, "lint-migrations.yml": {"security-events"}}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -140,3 +140,26 @@ def test_deploy_example_migrates_before_the_app_and_passes_the_step_summary() ->
     helm = " ".join(s.get("run", "") for s in deploy["jobs"]["helm"]["steps"])
     assert "helm upgrade --install" in helm and "--wait" in helm
     assert Path(REPO / "helm/migration-runner/Chart.yaml").exists()
+
+
+def test_lint_workflow_lints_the_pull_requests_revisions_on_a_postgres_service() -> None:
+    """The recipe a platform engineer copies: a PostgreSQL service as the shadow server, the
+    base branch fetched, `lint --since` the base, the SARIF uploaded even when lint fails."""
+    workflow = load("lint-migrations.yml")
+    assert "pull_request" in workflow["on"]
+    (job,) = workflow["jobs"].values()
+    assert job["services"]["postgres"]["image"].startswith("postgres:")
+    assert job["env"]["MIGRATION_SHADOW_URL"].startswith("postgresql://")
+    assert (REPO / job["env"]["MIGRATION_CONFIG"]).is_file()
+    checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["fetch-depth"] == 0
+    lint = next(s for s in job["steps"] if "migration-runner lint" in s.get("run", ""))
+    assert '--since "origin/$BASE_REF"' in lint["run"] and "--sarif-file" in lint["run"]
+    assert lint["env"]["BASE_REF"] == "${{ github.base_ref }}", "no expression inside run:"
+    upload = next(
+        s
+        for s in job["steps"]
+        if s.get("uses", "").startswith("github/codeql-action/upload-sarif@")
+    )
+    assert upload["if"].startswith("always()")
+    assert upload["with"]["sarif_file"] in lint["run"]
