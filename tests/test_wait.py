@@ -117,7 +117,7 @@ def test_ddl_lock_timeout_names_the_blocking_session(tmp_path: Path, pg_url: str
             ["upgrade", "--config", str(ini)],
             pg_url,
             MIGRATION_DDL_LOCK_TIMEOUT="1.5",
-            MIGRATION_DDL_RETRY_BUDGET="2",
+            MIGRATION_DDL_RETRY_BUDGET="6",
         )
     assert result.returncode == 75
     [event, *_] = result.named("ddl_lock_timeout")
