@@ -431,8 +431,7 @@ def _dispatch(
 
         if fleet_commands.on_fleet(args.command, args):
             spec = fleet_commands.spec_for(args.command, args, settings)
-            return fleet_commands.run(spec, cancel, report, stdout, fleet_worker, _export_url)
-    _export_url(settings)
+            return fleet_commands.run(spec, cancel, report, stdout, fleet_worker)
     run = Run(settings, cancel, observers, report)
     return COMMANDS[args.command](run, args, stdout)
 
@@ -465,18 +464,10 @@ def fleet_worker(channel: Any, spec: Any) -> None:
     threading.Thread(target=on_signal, name="signals", daemon=True).start()
     from runner import fleet_commands
 
-    fleet_commands.serve(channel, spec, cancel, _export_url)
+    fleet_commands.serve(channel, spec, cancel)
     with contextlib.suppress(OSError, ValueError):
         events.flush()
     os._exit(0)
-
-
-def _export_url(settings: Settings) -> None:
-    """MIGRATION_EXPORT_URL_AS: env.py reads its URL from its own variable; give it ours."""
-    if settings.export_url_as and settings.database_url is not None:
-        url = settings.database_url.get_secret_value()
-        for name in settings.export_url_as:
-            os.environ[name] = url
 
 
 def _notify(observers: Sequence[RunObserver], call: Callable[[RunObserver], None]) -> None:

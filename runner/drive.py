@@ -58,7 +58,7 @@ from runner.redact import redact
 from runner.report import AppliedRevision, RunReport, TargetReport
 from runner.revisions import Graph, PendingRevision, describe_step
 from runner.session import AdoptedConnection, VersionTable
-from runner.settings import Settings
+from runner.settings import Settings, export_database_url
 
 #: Alembic internals the runner relies on, where no public API exists; checked against
 #: Alembic 1.13 to 1.20 (the versions pyproject.toml admits).
@@ -334,6 +334,10 @@ class Run:
                 )
 
     def _give_env_py_the_url(self) -> None:
+        """env.py reads its URL from `sqlalchemy.url` (set once in this run's config) or from
+        variables of its own (MIGRATION_EXPORT_URL_AS: process-wide, so set again at every
+        drive: a fleet's targets and lint's shadow run each have their URL)."""
+        export_database_url(self.settings)
         if self._url_set:
             return
         db_url = self.settings.database()

@@ -217,15 +217,11 @@ class TargetRunner:
         settings: Settings,
         cancel: CancelToken,
         work: TargetWork,
-        prepare: Callable[[Settings], None] = lambda _: None,
         project: Run | None = None,
     ) -> None:
         self.settings = settings
         self.cancel = cancel
         self.work = work
-        #: What the process does for a target's settings before env.py runs (the CLI exports
-        #: the URL for MIGRATION_EXPORT_URL_AS).
-        self.prepare = prepare
         #: The run whose script directory every target reuses.
         self.project = project
 
@@ -248,7 +244,6 @@ class TargetRunner:
             elif (problem := tenant_name_problem(target.name)) is not None:
                 raise ConfigError(f"tenant name {problem}")
             settings = self.work.settings(target.settings_for(self.settings))
-            self.prepare(settings)
             run = Run(settings, self.cancel, (), report, project_of=self.project)
             self.project = self.project or run
             report.exit_code, states = self.work(run)

@@ -107,11 +107,9 @@ def work_of(spec: WorkerSpec) -> TargetCommand:
     return TargetCommand(spec.command, spec.args, spec.deadline)
 
 
-def serve(
-    channel: Any, spec: WorkerSpec, cancel: CancelToken, prepare: Callable[[Settings], None]
-) -> None:
+def serve(channel: Any, spec: WorkerSpec, cancel: CancelToken) -> None:
     """A worker process's share of the fleet (called by the CLI's worker entry)."""
-    runner = TargetRunner(spec.settings, cancel, work_of(spec), prepare, spec.project)
+    runner = TargetRunner(spec.settings, cancel, work_of(spec), spec.project)
     fleet.serve(channel, runner, cancel)
 
 
@@ -121,7 +119,6 @@ def run(
     report: RunReport,
     out: TextIO,
     worker_entry: Callable[[Any, Any], None],
-    prepare: Callable[[Settings], None],
 ) -> int:
     """The command over this shard of the fleet; returns the fleet's exit code."""
     settings = spec.settings
@@ -148,7 +145,7 @@ def run(
         )
         printer.result(result)
 
-    runner = TargetRunner(settings, cancel, work_of(spec), prepare)
+    runner = TargetRunner(settings, cancel, work_of(spec))
     if todo:
         try:
             spec = replace(spec, project=runner.load_project(todo[0]))

@@ -42,7 +42,7 @@ from runner.logs import log
 from runner.redact import redact
 from runner.report import RunReport
 from runner.revisions import PendingRevision, upgrade_steps
-from runner.settings import Secret, export_database_url
+from runner.settings import Secret
 
 #: The catalog, in one round trip (oids as numbers: JSON renders an `oid` as a string). No
 #: `%` in it: psycopg2 would read one as a placeholder.
@@ -303,7 +303,6 @@ def shadow_run(
             project_of=run,
             step_observers=[observer],
         )
-        export_database_url(settings)
         started = time.monotonic()
         try:
             with only_the_shadow(db.name):
@@ -324,8 +323,6 @@ def shadow_run(
                 revision=observer.observations[-1].revision,
                 reason=observer.observations[-1].error,
             )
-        finally:
-            export_database_url(run.settings)
         log.info(
             "shadow_run_finished",
             database=db.name,

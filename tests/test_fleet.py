@@ -190,7 +190,6 @@ def test_a_tenant_at_head_costs_one_read_of_its_version_table_and_takes_no_lock(
                 RunReport("upgrade"),
                 io.StringIO(),
                 cli.fleet_worker,
-                cli._export_url,
             )
     finally:
         revisions.open_script_directory = real_open  # type: ignore[assignment]
