@@ -209,3 +209,17 @@ class Interrupted(RunnerError):
     def __init__(self, signal_name: str, exit_code: ExitCode) -> None:
         super().__init__(f"interrupted by {signal_name}", signal=signal_name)
         self.exit_code = exit_code
+
+
+class FleetTargetsUnread(RunnerError):
+    """`lint` over a fleet: some targets could not be read, so what they have pending (and so
+    what to lint) is unknown. Exits with the code the fleet's reading ended with."""
+
+    outcome = "targets_failed"
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(
+            "lint: some targets of the fleet could not be read (see the target_finished "
+            "events); what they have pending is unknown, so nothing was linted"
+        )
+        self.exit_code = ExitCode(exit_code)

@@ -21,14 +21,16 @@ from runner import fleet
 from runner.cancel import CancelToken
 from runner.commands import COMMANDS
 from runner.drive import Run
-from runner.errors import ExitCode, RunnerError, UsageError
+from runner.errors import ExitCode, FleetTargetsUnread, RunnerError, UsageError
 from runner.fleet import FleetTarget, TargetResult, TargetRunner
 from runner.logs import log
 from runner.report import FleetSummary, RunReport
+from runner.revisions import PendingRevision
 from runner.settings import Settings
 
-#: The commands that make sense per target.
-FLEET_COMMANDS = ("upgrade", "check", "wait", "current", "plan")
+#: The commands that make sense per target. (`lint` reviews the revisions once, over what is
+#: pending anywhere in the fleet: `lint_fleet`.)
+FLEET_COMMANDS = ("upgrade", "check", "wait", "current", "plan", "lint")
 #: Commands that act on one database: refused while a fleet is configured, rather than run on
 #: the main database alone. Any other command (`history`) runs as it does without a fleet.
 ONE_DATABASE = ("downgrade", "stamp", "log")
@@ -119,8 +121,12 @@ def run(
     report: RunReport,
     out: TextIO,
     worker_entry: Callable[[Any, Any], None],
+    collect: Callable[[TargetResult], None] = lambda _: None,
 ) -> int:
-    """The command over this shard of the fleet; returns the fleet's exit code."""
+    """The command over this shard of the fleet; returns the fleet's exit code. `collect`
+    sees each target's result as it finishes."""
+    if spec.command == "lint":
+        return lint_fleet(spec, cancel, report, out, worker_entry)
     settings = spec.settings
     summary = FleetSummary(shard=fleet.shard_label(settings))
     report.fleet = summary
@@ -144,6 +150,7 @@ def run(
             result.behind,
         )
         printer.result(result)
+        collect(result)
 
     runner = TargetRunner(settings, cancel, work_of(spec))
     if todo:
@@ -160,6 +167,58 @@ def run(
     printer.done(outcome.exit_code)
     _settle(report, summary, outcome)
     return outcome.exit_code
+
+
+def lint_fleet(
+    spec: WorkerSpec,
+    cancel: CancelToken,
+    report: RunReport,
+    out: TextIO,
+    worker_entry: Callable[[Any, Any], None],
+) -> int:
+    """`lint` over a fleet. Every target runs the same revisions, so one shadow run reviews
+    them once: every revision pending on any target of this shard (found by `plan` on each),
+    or what `--since`/`--from` select. A target that cannot be read fails the lint with its
+    code: what it has pending is unknown."""
+    from runner import lint as linting
+    from runner import lint_output
+
+    args = spec.args
+    options = linting.LintOptions(
+        since=args.since, from_revision=args.from_revision, use_squawk=not args.no_squawk
+    )
+    pending: dict[str, PendingRevision] = {}
+    label = None
+    if options.since is None and options.from_revision is None:
+        behind = 0
+
+        def gather(result: TargetResult) -> None:
+            nonlocal behind
+            behind += bool(result.behind)
+            for state in result.states:
+                for step in state["pending"]:
+                    pending.setdefault(
+                        step["revision"],
+                        PendingRevision(step["revision"], step["down_revision"], step["message"]),
+                    )
+
+        plan = argparse.Namespace(revision="head", sql=False, json=True)
+        found = run(
+            replace(spec, command="plan", args=plan),
+            cancel,
+            RunReport("plan"),
+            io.StringIO(),
+            worker_entry,
+            gather,
+        )
+        if found not in (ExitCode.OK, ExitCode.PENDING):
+            raise FleetTargetsUnread(found)
+        label = f"{behind} target(s) of the fleet"
+    project = Run(spec.settings, cancel, (), report)
+    result = linting.lint(
+        project, options, list(pending.values()) if label is not None else None, label
+    )
+    return lint_output.finish(result, args, out, spec.settings, report)
 
 
 def _settle(report: RunReport, summary: FleetSummary, outcome: fleet.FleetOutcome) -> None:

@@ -535,3 +535,37 @@ def test_commands_for_one_database_refuse_a_fleet(tmp_path: Path) -> None:
         assert "fleet" in result.finished["reason"], args
     history = fleet(["history"], None, ini, MIGRATION_TENANTS="a,b")
     assert history.returncode == 0 and "r0000" in history.stdout
+
+
+def test_lint_over_a_fleet_reviews_every_revision_pending_on_any_target_once(
+    tmp_path: Path, databases: FreshDatabases, pg_server_url: Any
+) -> None:
+    """The targets run the same revisions: one shadow run reviews what is pending anywhere
+    (here r0001 on one database, r0001 and the index on another; none on the third), and the
+    targets themselves are only read."""
+    index = Rev("ix", "r0001", upgrade='op.create_index("ix_t", "t_r0000", ["id"])')
+    ini = write(tmp_path, GENERIC, [*chain(2), index])
+    urls = [databases.new("postgresql") for _ in range(3)]
+    for url, at in zip(urls, ["r0000", "r0001", "ix"], strict=True):
+        assert run_cli(["upgrade", at, "--config", str(ini)], url).returncode == 0
+    urls_file = tmp_path / "database-urls"
+    urls_file.write_text("\n".join(urls) + "\n")
+    result = fleet(
+        ["lint", "--format", "json"],
+        None,
+        ini,
+        MIGRATION_DATABASE_URLS_FILE=str(urls_file),
+        MIGRATION_SHADOW_URL=pg_server_url.render_as_string(hide_password=False),
+    )
+    assert result.returncode == 4, result.stderr[-3000:]
+    reviewed = json.loads(result.stdout)
+    observed = [r["revision"] for r in reviewed["revisions"] if r["status"] == "observed"]
+    assert observed == ["r0001", "ix"]
+    assert [f["rule"] for f in reviewed["findings"] if f["severity"] == "error"] == [
+        "index-not-concurrent"
+    ]
+    assert [scalar(url, "SELECT version_num FROM alembic_version") for url in urls] == [
+        "r0000",
+        "r0001",
+        "ix",
+    ], "linting a fleet changes none of its databases"

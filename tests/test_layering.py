@@ -114,6 +114,9 @@ ALLOWED["fleet"] = {"drive", "report", "db", "redact", "cancel", "errors", "logs
 # ... and what each command does on every target of a fleet, and prints.
 ALLOWED["fleet_commands"] = {
     "commands",
+    "lint",
+    "lint_output",
+    "revisions",
     "fleet",
     "drive",
     "cancel",
