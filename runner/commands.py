@@ -18,10 +18,11 @@ from typing import Any, TextIO
 from alembic.runtime.migration import MigrationContext
 
 from runner.activity import SessionInfo
-from runner.drive import Run, Target, Work
+from runner.drive import Run, Work
 from runner.errors import DatabaseAhead, ExitCode, UsageError, WaitTimeout
 from runner.logs import log
 from runner.revisions import describe_step, downgrade_steps, stamp_steps, upgrade_steps
+from runner.steps import Target
 
 
 def _no_range(revision: str, command: str) -> None:

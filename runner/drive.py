@@ -23,19 +23,19 @@ Alembic's private API is used in one place each, listed in `ALEMBIC_PRIVATE_API`
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -54,11 +54,11 @@ from runner.errors import (
 from runner.history import History, RunIdentity
 from runner.logs import log, reclaim_library_loggers
 from runner.observers import RunObserver, notify
-from runner.redact import redact
-from runner.report import AppliedRevision, RunReport, TargetReport
+from runner.report import RunReport, TargetReport
 from runner.revisions import Graph, PendingRevision, describe_step
 from runner.session import AdoptedConnection, VersionTable
 from runner.settings import Settings, export_database_url
+from runner.steps import StepObserver, Steps, Target, joined, with_dirty_note
 
 #: Alembic internals the runner relies on, where no public API exists; checked against
 #: Alembic 1.13 to 1.20 (the versions pyproject.toml admits).
@@ -93,43 +93,6 @@ class Work:
     target: str = "head"
 
 
-@dataclass
-class Target:
-    """One connection env.py configured, while the command runs on it."""
-
-    adopted: AdoptedConnection
-    report: TargetReport
-    context: MigrationContext | None = None
-    #: What is pending (readers fill it: check, plan, wait).
-    pending: list[PendingRevision] = field(default_factory=list)
-    heads: tuple[str, ...] = ()
-    unknown: list[str] = field(default_factory=list)
-    running: tuple[PendingRevision, float] | None = None
-    #: The database's heads once the running step is done (from Alembic's callback).
-    heads_after_step: tuple[str, ...] | None = None
-    #: Steps done inside env.py's own transaction, not yet committed by it.
-    uncommitted: list[tuple[PendingRevision, int, tuple[str, ...]]] = field(default_factory=list)
-    migrated: bool = False
-    history: History | None = None
-    #: The running step committed part of its work on its own (non-transactional DDL, or
-    #: `autocommit_block()`): a failure now leaves the database dirty.
-    partial: bool = False
-    #: The step that failed part-way, for the run's final reason.
-    dirty_step: PendingRevision | None = None
-    #: What a reader found: the history says a revision stopped part-way.
-    dirty: DirtyDatabase | None = None
-    step_observers: list[StepObserver] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return self.adopted.label
-
-    @property
-    def transactional(self) -> bool:
-        """DDL rolls back with its transaction here (PostgreSQL), as Alembic judges it."""
-        return bool(self.context is not None and self.context.impl.transactional_ddl)
-
-
 class RunnerEnvironment(EnvironmentContext):
     """The `EnvironmentContext` env.py talks to (as `alembic.context`) during a runner command."""
 
@@ -161,11 +124,11 @@ class RunnerEnvironment(EnvironmentContext):
             kw["transaction_per_migration"] = True
         on_apply = kw.get("on_version_apply") or ()
         on_apply = tuple(on_apply) if isinstance(on_apply, list | tuple) else (on_apply,)
-        kw["on_version_apply"] = (*on_apply, target_step_callback(target))
+        kw["on_version_apply"] = (*on_apply, self._run.steps.on_version_apply(target))
         self.context_opts["fn"] = self._run.wrap_steps(target, self._work)
         super().configure(connection=connection, url=url, **kw)
         target.context = self.get_context()
-        self._run.watch_autocommit(target)
+        self._run.steps.watch_autocommit(target)
 
     def run_migrations(self, **kw: Any) -> None:
         if self.is_offline_mode():
@@ -187,38 +150,6 @@ class RunnerEnvironment(EnvironmentContext):
 RunnerEnvironment._setups[RunnerEnvironment] = (  # noqa: SLF001
     EnvironmentContext._setups[EnvironmentContext]  # noqa: SLF001
 )
-
-
-def target_step_callback(target: Target) -> Callable[..., None]:
-    """Alembic's `on_version_apply` hook, inside each step's transaction after its work: the
-    heads it leads to, and its history row (committed with the step, or not at all)."""
-
-    def on_version_apply(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
-        target.heads_after_step = tuple(sorted(heads))
-        if target.running is None:
-            return
-        info, started = target.running
-        for observer in target.step_observers:
-            observer.in_step_transaction(target.adopted.conn, info)
-        if target.history is not None:
-            target.history.applied(info, int((time.monotonic() - started) * 1000))
-
-    return on_version_apply
-
-
-class StepObserver(Protocol):
-    """Watches each step on its connection (the shadow run of `lint` records statements,
-    locks and rewrites this way). Called on the migration's own connection: what it runs
-    there runs inside the step's transaction when it says so."""
-
-    def before_step(self, conn: Connection, step: PendingRevision) -> None:
-        """Before the step's transaction begins."""
-
-    def in_step_transaction(self, conn: Connection, step: PendingRevision) -> None:
-        """After the step's work, inside its transaction, before it commits."""
-
-    def after_step(self, conn: Connection, step: PendingRevision, duration_ms: int) -> None:
-        """Once the step has committed."""
 
 
 class Run:
@@ -273,6 +204,9 @@ class Run:
             job=settings.job_name,
             image=settings.image,
         )
+        self.steps = Steps(
+            self.observers, self.identity, settings.history_table, settings.lock_key, self.env_py
+        )
         self._url_set = False
         #: What the runner refused from inside env.py: raised again after env.py returns,
         #: even if env.py's own error handling swallowed it.
@@ -319,7 +253,7 @@ class Run:
                     "error and went on",
                     revision=info.revision,
                 )
-            self._settle_env_transaction(target)
+            self.steps.settle_env_transaction(target)
         if not work.as_sql and len(self.targets) == first_target:
             raise ConfigError(
                 f"{self.env_py} finished without calling context.configure(connection=...) "
@@ -403,7 +337,7 @@ class Run:
         adopted = target.adopted
         heads = self.read_heads(target)
         target.heads = heads
-        target.report.from_revision = target.report.to_revision = _joined(heads)
+        target.report.from_revision = target.report.to_revision = joined(heads)
         self.graph.load()
         if self._database_ahead(target, work, heads):
             return
@@ -426,16 +360,16 @@ class Run:
             if not adopted.take_lock(
                 self.settings.lock_timeout, self.settings.lock_key, self._lock_waiting, satisfied
             ):
-                target.report.to_revision = _joined(self.read_heads(target))
+                target.report.to_revision = joined(self.read_heads(target))
                 return
             heads = self.read_heads(target)  # another runner may have finished meanwhile
-            target.report.from_revision = target.report.to_revision = _joined(heads)
+            target.report.from_revision = target.report.to_revision = joined(heads)
             if self._database_ahead(target, work, heads):
                 self._finish(target, succeeded=True)
                 return
             todo = self.plan(work, heads, target)
             adopted.refuse_transaction_pooler()
-            self._open_history(target, refuse_dirty=work.command != "stamp")
+            self.steps.open_history(target, refuse_dirty=work.command != "stamp")
         if todo:
             log.info(
                 "migration_started",
@@ -454,136 +388,21 @@ class Run:
         try:
             self._with_ddl_retries(target, run_alembic)
             if stamp and not todo:
-                self._record_stamp(target, work, heads)
+                self.steps.stamp_in_place(target, str(work.target), heads)
             succeeded = True
         except BaseException as exc:
             adopted.stop_migrating()
-            self._record_failure(target, exc)
+            self.steps.failed(target, functools.partial(self._reason_of, exc))
             adopted.report_invalid_indexes()
             raise
         finally:
             self._finish(target, succeeded)
 
-    # -- the history table ------------------------------------------------------------
-
     def history_of(self, target: Target) -> History | None:
-        """The history of this target's version table (None when switched off)."""
-        name = self.settings.history_table
-        if name.lower() == "off":
-            return None
-        vt = target.adopted.version_table
-        return History(target.adopted.conn, name, vt.name, vt.schema, self.identity)
-
-    def _open_history(self, target: Target, refuse_dirty: bool) -> None:
-        """Under the lock, before the first step: the table exists, and a dirty database is
-        refused (`stamp`, the way out, is not)."""
-        history = self.history_of(target)
-        if history is None:
-            return
-        owned = not target.adopted.conn.in_transaction()
-        history.create()
-        dirty = history.dirty() if refuse_dirty else None
-        if owned:
-            target.adopted.conn.commit()
-        if dirty is not None:
-            raise dirty
-        target.history = history
+        return self.steps.history_of(target)
 
     def dirty_state(self, target: Target) -> DirtyDatabase | None:
-        """For readers (check, wait): the database is dirty, unless the `started` row belongs
-        to a runner that is migrating right now (it holds the lock)."""
-        history = self.history_of(target)
-        if history is None:
-            return None
-        entry = history.latest()
-        if target.adopted.external is False and target.adopted.conn.in_transaction():
-            target.adopted.conn.rollback()
-        if entry is None or entry.state not in ("started", "dirty"):
-            return None
-        if entry.state == "started" and not target.adopted.lock_is_free(self.settings.lock_key):
-            return None
-        return history.dirty()
-
-    def watch_autocommit(self, target: Target) -> None:
-        """A revision entering `autocommit_block()` commits what it did so far, and each
-        statement in the block commits on its own: once one has run, a failure cannot be
-        rolled back whole (the database is dirty). Its `started` row goes into the
-        transaction Alembic commits on the way in."""
-        context = target.context
-        assert context is not None
-        original = context.autocommit_block
-        inside = [False]
-
-        def statement_started(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-            # A statement other than a plain SELECT may leave something behind even when it
-            # fails (CREATE INDEX CONCURRENTLY leaves an INVALID index).
-            if inside[0] and not statement.lstrip().upper().startswith("SELECT"):
-                target.partial = True
-
-        def statement_done(*_: Any) -> None:
-            if inside[0]:
-                target.partial = True  # committed the moment it finished
-
-        event.listen(target.adopted.conn, "before_cursor_execute", statement_started)
-        event.listen(target.adopted.conn, "after_cursor_execute", statement_done)
-
-        @contextmanager
-        def autocommit_block() -> Iterator[None]:
-            history = target.history
-            if target.running is not None and history is not None and history.open_row is None:
-                history.started(target.running[0])
-            inside[0] = True
-            try:
-                with original():
-                    yield
-            finally:
-                inside[0] = False
-
-        context.autocommit_block = autocommit_block  # type: ignore[method-assign]
-
-    def _record_stamp(self, target: Target, work: Work, heads: tuple[str, ...]) -> None:
-        """A stamp that moved nothing (the database is already there) still says who stated
-        the schema is at that revision: its history row clears a dirty mark."""
-        history = target.history
-        if history is None:
-            return
-        stamped = PendingRevision(str(work.target), _joined(heads), "stamp", "stamp")
-        history.applied(stamped, 0)
-        if not target.adopted.external:
-            target.adopted.conn.commit()
-        target.report.stamped.append(stamped.revision)
-        log.info(
-            "revision_stamped",
-            target=target.label,
-            revision=stamped.revision,
-            from_revision=stamped.down_revision,
-        )
-
-    def _record_failure(self, target: Target, exc: BaseException) -> None:
-        """The failed step's history row: `dirty` when part of it may have stayed."""
-        if target.running is None:
-            return
-        info, started = target.running
-        partial = target.partial or not target.transactional
-        if partial and info.kind != "stamp":
-            target.dirty_step = info
-        history = target.history
-        if history is None:
-            return
-        conn = target.adopted.conn
-        if target.adopted.external or conn.closed or conn.invalidated:
-            history.forget_open_row()  # env.py's transaction decides; it is failing
-            return
-        error = self._translate(exc)
-        reason = error.reason if error is not None else _first_line(exc)
-
-        def write() -> None:
-            if conn.in_transaction():
-                conn.rollback()
-            history.failed(info, redact(reason), partial, int((time.monotonic() - started) * 1000))
-            conn.commit()
-
-        db.quiet(write, "history_write_failed")
+        return self.steps.dirty_state(target)
 
     def _finish(self, target: Target, succeeded: bool) -> None:
         try:
@@ -684,7 +503,7 @@ class Run:
             with self.graph.asking(work.target):
                 planned = list(work.fn(heads, context))
             for step in planned:
-                self._step_done(target)
+                self.steps.done(target)
                 self.cancel.check()
                 if work.writes:
                     if adopted.lock is None:
@@ -696,92 +515,12 @@ class Run:
                         )
                     adopted.verify_lock()
                 info = describe_step(step)
-                target.running = (info, time.monotonic())
-                target.heads_after_step = None
-                target.partial = False
-                self._before_step(target, info)
+                target.start(info)
+                self.steps.before_step(target, info)
                 yield step
-            self._step_done(target)
+            self.steps.done(target)
 
         return steps
-
-    def _before_step(self, target: Target, info: PendingRevision) -> None:
-        """A step a rollback cannot undo gets its `started` row, committed, before it runs."""
-        for observer in target.step_observers:
-            observer.before_step(target.adopted.conn, info)
-        history = target.history
-        if history is None or target.transactional or info.kind == "stamp":
-            return
-        history.started(info)
-        if not target.adopted.conn.in_transaction() or target.adopted.external:
-            return
-        target.adopted.conn.commit()
-
-    def _step_done(self, target: Target) -> None:
-        if target.running is None:
-            return
-        info, started = target.running
-        target.running = None
-        target.adopted.wrote = True
-        duration_ms = int((time.monotonic() - started) * 1000)
-        heads = target.heads_after_step or ()
-        if target.adopted.external:
-            target.uncommitted.append((info, duration_ms, heads))
-            return
-        self._report_step(target, info, duration_ms, heads)
-
-    def _report_step(
-        self, target: Target, info: PendingRevision, duration_ms: int, heads: tuple[str, ...]
-    ) -> None:
-        for observer in target.step_observers:
-            observer.after_step(target.adopted.conn, info, duration_ms)
-        report = target.report
-        report.to_revision = _joined(heads)
-        report.outcome = "success"
-        done = AppliedRevision(
-            info.revision, info.down_revision, info.message, duration_ms, target.label
-        )
-        fields = {
-            "target": target.label,
-            "revision": info.revision,
-            "down_revision": info.down_revision,
-            "message": info.message,
-            "duration_ms": duration_ms,
-        }
-        if info.kind == "upgrade":
-            report.applied.append(done)
-            log.info("revision_applied", **fields)
-            notify(self.observers, lambda o: o.revision_applied(done))
-        elif info.kind == "downgrade":
-            report.downgraded.append(done)
-            log.info("revision_downgraded", **fields, to_revision=report.to_revision)
-        else:
-            report.stamped.append(info.revision)
-            log.info(
-                "revision_stamped",
-                target=target.label,
-                revision=info.revision,
-                from_revision=info.down_revision,
-            )
-
-    def _settle_env_transaction(self, target: Target) -> None:
-        """env.py held the revisions in a transaction of its own: they count once it
-        committed. An env.py that returns without committing leaves plain Alembic's result
-        (nothing) and the runner says so rather than exit 0."""
-        if not target.uncommitted:
-            return
-        if not target.adopted.committed_by_env:
-            revs = ", ".join(info.revision for info, _, _ in target.uncommitted)
-            target.uncommitted.clear()
-            raise ConfigError(
-                f"{self.env_py} ran the migrations of {target.label} inside a transaction "
-                f"it began before context.configure() and never committed: nothing was "
-                f"applied ({revs} rolled back, as under plain Alembic). Commit or end that "
-                "transaction before configure(), as Alembic's cookbook does"
-            )
-        for info, duration_ms, heads in target.uncommitted:
-            self._report_step(target, info, duration_ms, heads)
-        target.uncommitted.clear()
 
     def track_offline(self, fn: MigrationFn) -> MigrationFn:
         """Offline (`--sql`) steps, tracked so that a failure names its revision."""
@@ -801,6 +540,10 @@ class Run:
             if target.running is not None:
                 return target, target.running[0]
         return self.current, self.offline_step
+
+    def _reason_of(self, exc: BaseException) -> str:
+        error = self._translate(exc)
+        return error.reason if error is not None else _first_line(exc)
 
     def _translate(self, exc: BaseException) -> RunnerError | None:
         """The runner's error for whatever came out of env.py (None: let it through)."""
@@ -827,7 +570,7 @@ class Run:
             if connect_error is not None:
                 return connect_error
             backend = target.adopted.backend if target else "postgresql"
-            return _dirty_note(target, db.classify(exc, backend, where, **fields))
+            return with_dirty_note(target, db.classify(exc, backend, where, **fields))
         if isinstance(exc, CommandError):
             return GraphError(str(exc).splitlines()[0], **fields)
         reason = _first_line(exc)
@@ -841,7 +584,7 @@ class Run:
                     **fields,
                     error=type(exc).__name__,
                 )
-            return _dirty_note(
+            return with_dirty_note(
                 target,
                 MigrationFailed(
                     f"revision {step.revision} ({step.message}) failed: {reason}",
@@ -852,24 +595,6 @@ class Run:
         if not self.targets:
             return ConfigError(f"{self.env_py} failed: {reason}", error=type(exc).__name__)
         return MigrationFailed(f"migration failed: {reason}", error=type(exc).__name__)
-
-
-def _dirty_note(target: Target | None, error: RunnerError) -> RunnerError:
-    """A step that failed part-way says so in the run's reason: it is the last chance to
-    tell before the next run refuses."""
-    if target is None or target.dirty_step is None:
-        return error
-    step = target.dirty_step
-    error.reason += (
-        f"; revision {step.revision} may be partly applied (its DDL commits on its own): the "
-        "database is marked dirty, see `migration-runner log`"
-    )
-    error.fields["dirty"] = True
-    return error
-
-
-def _joined(heads: Iterable[str]) -> str | None:
-    return ",".join(heads) or None
 
 
 def _first_line(exc: BaseException) -> str:

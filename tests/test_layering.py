@@ -38,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "commands": {
         "activity",
         "drive",
+        "steps",
         "errors",
         "logs",
         "revisions",
@@ -77,6 +78,7 @@ ALLOWED: dict[str, set[str]] = {
     "shadow": {"db", "cancel", "errors", "logs", "urls"},
     "drive": {
         "__init__",
+        "steps",
         "history",
         "redact",
         "db",
@@ -88,6 +90,17 @@ ALLOWED: dict[str, set[str]] = {
         "observers",
         "report",
         "settings",
+    },
+    "steps": {
+        "db",
+        "errors",
+        "history",
+        "logs",
+        "observers",
+        "redact",
+        "report",
+        "revisions",
+        "session",
     },
     "session": {"activity", "db", "lock", "cancel", "errors", "logs"},
     "activity": {"redact"},
