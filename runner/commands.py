@@ -114,7 +114,8 @@ def _current(run: Run) -> Target:
     return run.current
 
 
-def _states(run: Run) -> list[dict[str, Any]]:
+def target_states(run: Run) -> list[dict[str, Any]]:
+    """What a reader found on each target (check, current, plan), as `--json` prints it."""
     return [
         {
             "target": t.label,
@@ -138,7 +139,7 @@ def _as_json(states: list[dict[str, Any]]) -> Any:
 def check(run: Run, args: argparse.Namespace, out: TextIO) -> int:
     run.drive(_observe(run, "head"))
     run.report.settle_outcome()
-    states = _states(run)
+    states = target_states(run)
     if args.json:
         _json(_as_json(states), out)
     else:
@@ -398,7 +399,7 @@ def lint(run: Run, args: argparse.Namespace, out: TextIO) -> int:
 def current(run: Run, args: argparse.Namespace, out: TextIO) -> int:
     run.drive(_observe(run, "heads"))
     run.report.settle_outcome()
-    states = _states(run)
+    states = target_states(run)
     if args.json:
         shown = [{k: s[k] for k in ("target", "current", "head", "up_to_date")} for s in states]
         _json(shown[0] if len(shown) == 1 else shown, out)

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from runner import fleet
 from runner.cancel import CancelToken
-from runner.commands import COMMANDS
+from runner.commands import COMMANDS, target_states
 from runner.drive import Run
 from runner.errors import ExitCode, FleetTargetsUnread, RunnerError, UsageError
 from runner.fleet import FleetTarget, TargetResult, TargetRunner
@@ -70,17 +70,9 @@ class TargetCommand:
 
 
 def states(run: Run) -> list[dict[str, Any]]:
-    return [
-        {
-            "database": t.label,
-            "current": list(t.heads),
-            "head": list(run.graph.heads),
-            "up_to_date": not t.pending and not t.unknown,
-            "pending": [p.public() for p in t.pending],
-            "unknown": t.unknown,
-        }
-        for t in run.targets
-    ]
+    """A target's reader results, each database of it named `database` (the fleet's
+    `target` is the tenant or database the run was for)."""
+    return [{"database": state.pop("target"), **state} for state in target_states(run)]
 
 
 def on_fleet(command: str, args: argparse.Namespace) -> bool:
