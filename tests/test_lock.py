@@ -6,13 +6,15 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from runner.db import CancelToken
-from runner.errors import LockTimeout
+from runner.db import CancelToken, SessionSettings
+from runner.errors import LockLost, LockTimeout
 from runner.lock import acquire, derive_key, lock_for
+from runner.session import AdoptedConnection, VersionTable
 from runner.urls import parse_database_url
 from tests.support import Rev, chain, finish, run_cli, start_cli, write_project
 from tests.test_upgrade import scalar
@@ -78,6 +80,33 @@ def test_terminated_backend_loses_the_lock_and_is_held_says_so(pg_url: str) -> N
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_adopted_connection_checks_its_lock_without_a_round_trip_and_sees_it_go(
+    pg_url: str,
+) -> None:
+    """Before each revision the runner checks that its lock is still held: the lock is the
+    session's, so the check is that the connection still sits on the DBAPI connection the lock
+    was taken on (no statement sent), and it fails once that session is gone."""
+    engine = create_engine(parse_database_url(pg_url, source="test").url, poolclass=NullPool)
+    conn = engine.connect()
+    adopted = AdoptedConnection(
+        conn, VersionTable("alembic_version"), SessionSettings(2.0, 0.0, 60.0), CancelToken()
+    )
+    sent: list[str] = []
+    try:
+        assert adopted.take_lock(5.0, None, lambda key, waited: None, lambda: False)
+        event.listen(conn, "before_cursor_execute", lambda *args: sent.append(args[2]))
+        adopted.verify_lock()
+        assert sent == []
+        scalar(pg_url, f"SELECT pg_terminate_backend({adopted.facts.server_id})")
+        with pytest.raises(OperationalError):  # SQLAlchemy sees the disconnect, invalidates
+            conn.execute(text("SELECT 1"))
+        with pytest.raises(LockLost, match="was lost"):
+            adopted.verify_lock()
+    finally:
+        conn.close()
+        engine.dispose()
 
 
 @pytest.mark.slow
