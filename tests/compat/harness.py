@@ -2,13 +2,18 @@
 two databases compared. One function per scenario, each returning an `Outcome` that the
 pytest module asserts on and the report renders.
 
-Scenarios (each with a warm or a cold runner cache):
+Scenarios (each with a warm or a cold HOME):
 - apply: from empty (after the project's seed) to head.
 - noop: a second `upgrade` on a database at head: exit 0, nothing applied, nothing changed.
 - downgrade: `downgrade REV --yes` then `upgrade`, each state compared with plain Alembic's
   `downgrade REV` and `upgrade` from the same start.
 - concurrent: five `upgrade` processes started together on one database: all exit 0, exactly
   one applies, no revision is applied twice, the result equals plain Alembic's.
+
+HOME: the runner keeps no state between runs (it has no cache), but a project's own code may
+write to HOME. *warm*: every runner run of the project shares one HOME, first filled by an
+upgrade on a scratch database (a note says what it left there), as on a developer's machine;
+*cold*: an empty HOME per run, as a pod starts.
 
 Every runner run is also checked for its output contract: every stderr line is a JSON object,
 exactly one `run_finished` line whose `exit_code` is the process's, and (for `upgrade`) an
@@ -36,7 +41,7 @@ from tests.compat.databases import Database, fresh_database
 from tests.compat.projects import PROJECTS, Project
 
 SCENARIOS = ("apply", "noop", "downgrade", "concurrent")
-CACHES = ("warm", "cold")
+HOMES = ("warm", "cold")
 RUN_TIMEOUT_S = float(os.environ.get("MIGRATION_COMPAT_RUN_TIMEOUT", "600"))
 CONCURRENT_RUNNERS = 5
 DESCRIBE_DIFF_LINES = 80
@@ -48,20 +53,20 @@ class Case:
     project: Project
     scenario: str
     backend: str
-    cache: str
+    home: str
 
     @property
     def id(self) -> str:
-        return f"{self.project.key}-{self.scenario}-{self.backend}-{self.cache}"
+        return f"{self.project.key}-{self.scenario}-{self.backend}-{self.home}"
 
 
 def all_cases() -> list[Case]:
     return [
-        Case(project, scenario, backend, cache)
+        Case(project, scenario, backend, home)
         for project in PROJECTS
         for scenario in SCENARIOS
         for backend in project.backends
-        for cache in CACHES
+        for home in HOMES
         if (scenario, backend) not in project.not_run
     ]
 
@@ -200,7 +205,7 @@ def workspace(project: Project) -> Path:
 
 
 def runner_ini(project: Project, venv: envs.Venv) -> Path:
-    """One ini per project, byte-identical between runs (the runner's cache keys on it)."""
+    """One ini per project, written once and byte-identical between runs."""
     path = workspace(project) / "runner-alembic.ini"
     wanted = project_ini(project, venv, None)
     if not path.is_file() or path.read_text() != wanted:
@@ -267,7 +272,7 @@ _BASELINES: dict[tuple[str, ...], tuple[str, ...] | HarnessError] = {}
 
 
 def _memo(key: tuple[str, ...], compute: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
-    """Plain Alembic's result is the same for every cache variant: compute it once (a failure
+    """Plain Alembic's result is the same for warm and cold: compute it once (a failure
     too, so that every case of the pair reports it without rerunning it)."""
     if key not in _BASELINES:
         try:
@@ -361,58 +366,45 @@ def alembic_downgraded(project: Project, venv: envs.Venv, backend: str) -> tuple
 
 @dataclass
 class RunnerSetup:
-    """How this case starts the runner: its home and cache directory, warm or cold."""
+    """How this case starts the runner: with the project's shared HOME (warm) or an empty one
+    per run (cold). The runner's own settings are its defaults but for the URL, the ini and
+    JSON logs; its history table is left out of every comparison (databases.py)."""
 
     project: Project
     venv: envs.Venv
-    cache: str
-    cache_setting: bool = True
+    home: str
     notes: list[str] = field(default_factory=list)
 
-    def dirs(self) -> tuple[Path, Path]:
-        if self.cache == "warm":
-            root = envs.cache_root()
-            return (
-                root / "homes" / f"{self.project.key}-warm",
-                root / "runner-cache" / self.project.key,
-            )
-        fresh = Path(tempfile.mkdtemp(prefix="mr-compat-cold-"))
-        return fresh / "home", fresh / "cache"
+    def home_dir(self) -> Path:
+        if self.home == "warm":
+            return envs.cache_root() / "homes" / f"{self.project.key}-warm"
+        return Path(tempfile.mkdtemp(prefix="mr-compat-cold-")) / "home"
 
-    def env(self, db: Database, home: Path, cache_dir: Path) -> dict[str, str]:
+    def env(self, db: Database, home: Path) -> dict[str, str]:
         env = base_env(self.venv, home)
         env.update(project_env(self.project, db))
         env["MIGRATION_DATABASE_URL"] = db.project_url(self.project.async_driver)
         env["MIGRATION_CONFIG"] = str(runner_ini(self.project, self.venv))
         env["MIGRATION_LOG_FORMAT"] = "json"
-        if self.cache_setting:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            env["MIGRATION_CACHE_DIR"] = str(cache_dir)
         return env
 
     def start(
         self, db: Database, *command: str
     ) -> tuple[subprocess.Popen[str], float, list[str], Path | None]:
         """Start one runner; also returns the cold run's directory to remove once it ends."""
-        home, cache_dir = self.dirs()
+        home = self.home_dir()
         args = [str(self.venv.bin("migration-runner")), *command]
-        proc, started = _spawn(args, self.env(db, home, cache_dir), workspace(self.project))
-        cold_root = home.parent if self.cache == "cold" else None
+        proc, started = _spawn(args, self.env(db, home), workspace(self.project))
+        cold_root = home.parent if self.home == "cold" else None
         return proc, started, args, cold_root
 
     def run(self, db: Database, *command: str) -> Run:
         proc, started, args, cold_root = self.start(db, *command)
         try:
-            run = _collect(f"migration-runner {' '.join(command)}", args, proc, started)
+            return _collect(f"migration-runner {' '.join(command)}", args, proc, started)
         finally:
             if cold_root is not None:
                 shutil.rmtree(cold_root, ignore_errors=True)
-        if self.cache_setting and run.returncode in (2, 78) and "cache_dir" in run.stderr.lower():
-            # The core may drop MIGRATION_CACHE_DIR; run without it rather than fail the case.
-            self.cache_setting = False
-            self.notes.append("MIGRATION_CACHE_DIR not accepted by this runner: ran without it")
-            return self.run(db, *command)
-        return run
 
 
 def check_contract(run: Run, outcome: Outcome, expect_empty_stdout: bool = True) -> None:
@@ -572,23 +564,32 @@ SCENARIO_FUNCTIONS: dict[str, Callable[[RunnerSetup, Outcome], None]] = {
 _PRIMED: set[str] = set()
 
 
-def _prime_warm_cache(setup: RunnerSetup, backend: str) -> None:
-    """A warm case needs what a previous deploy left in the cache: if the project's cache
-    directory is still empty, one upgrade on a scratch database fills it."""
+def _home_entries(home: Path) -> list[str]:
+    """What a HOME holds, two levels deep (`airflow/airflow.cfg`), for the notes."""
+    if not home.is_dir():
+        return []
+    found = []
+    for entry in sorted(home.iterdir()):
+        children = sorted(c.name for c in entry.iterdir()) if entry.is_dir() else []
+        found += [f"{entry.name}/{c}" for c in children] if children else [entry.name]
+    return found
+
+
+def _prime_warm_home(setup: RunnerSetup, backend: str) -> None:
+    """A warm case runs with what an earlier run left in HOME: once per project per process,
+    one upgrade on a scratch database with the shared HOME (what it leaves there is noted)."""
     project = setup.project
     if project.key in _PRIMED:
         return
     _PRIMED.add(project.key)
-    _, cache_dir = setup.dirs()
-    if cache_dir.is_dir() and any(cache_dir.iterdir()):
-        return
     with fresh_database(backend, f"{project.key}_prime") as db:
         seed(project, setup.venv, db)
         run = setup.run(db, "upgrade")
-    filled = cache_dir.is_dir() and any(cache_dir.iterdir())
+    entries = _home_entries(setup.home_dir())
+    held = ", ".join(entries[:12]) + (" ..." if len(entries) > 12 else "") if entries else "empty"
     setup.notes.append(
-        f"warm cache primed by an upgrade on a scratch database (exit {run.returncode}; "
-        f"cache {'filled' if filled else 'still empty'})"
+        f"warm HOME primed by an upgrade on a scratch database (exit {run.returncode}); "
+        f"HOME then held: {held}"
     )
 
 
@@ -599,9 +600,9 @@ def run_case(case: Case) -> Outcome:
     try:
         databases.admin_url(case.backend)
         venv = envs.ensure_venv(case.project)
-        setup = RunnerSetup(case.project, venv, case.cache)
-        if case.cache == "warm":
-            _prime_warm_cache(setup, case.backend)
+        setup = RunnerSetup(case.project, venv, case.home)
+        if case.home == "warm":
+            _prime_warm_home(setup, case.backend)
         SCENARIO_FUNCTIONS[case.scenario](setup, outcome)
         outcome.notes.extend(setup.notes)
     except databases.BackendUnavailable as exc:

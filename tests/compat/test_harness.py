@@ -1,13 +1,27 @@
-"""The compatibility harness's own pure parts (no database, no install): they run in the
-default suite so that a broken comparison cannot pass the opt-in suite silently."""
+"""The compatibility harness's own pure parts (no database server, no install; SQLite files in
+tmp_path at most): they run in the default suite so that a broken comparison cannot pass the
+opt-in suite silently."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from tests.compat import databases
-from tests.compat.harness import Case, Outcome, Run, _set_option, all_cases, check_contract
+from tests.compat.harness import (
+    HOMES,
+    Case,
+    Outcome,
+    Run,
+    _set_option,
+    all_cases,
+    check_contract,
+)
 from tests.compat.projects import PROJECTS
+from tests.parity import HISTORY
 
 
 def _event(event: str, **fields: object) -> str:
@@ -84,3 +98,33 @@ def test_mariadb_keys_compare_in_any_order_and_auto_increment_counters_are_ignor
         "  `id` int(11) NOT NULL,\n  `a` int(11)", "  `a` int(11),\n  `id` int(11) NOT NULL"
     )
     assert databases._normalise_maria_create(moved) != databases._normalise_maria_create(one)
+
+
+def test_snapshot_leaves_out_the_runners_history_table_and_nothing_else(tmp_path: Path) -> None:
+    """The runner's history table (and its index) is not in a snapshot; a project table whose
+    name only starts with the history table's still is."""
+    path = tmp_path / "db.sqlite"
+    db = databases.Database("sqlite", "db", make_url(f"sqlite:///{path}"))
+    engine = create_engine(db.url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+    before = databases.snapshot(db)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {HISTORY} (id INTEGER PRIMARY KEY, revision TEXT)")
+        conn.exec_driver_sql(f"CREATE INDEX ix_history_revision ON {HISTORY} (revision)")
+        conn.exec_driver_sql(f"INSERT INTO {HISTORY} (revision) VALUES ('r1')")
+    assert databases.snapshot(db) == before
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {HISTORY}_copy (id INTEGER PRIMARY KEY)")
+    assert f"{HISTORY}_copy" in databases.snapshot(db)
+    engine.dispose()
+
+
+def test_case_ids_name_the_home_variant_and_every_case_has_both() -> None:
+    cases = all_cases()
+    assert {c.home for c in cases} == set(HOMES)
+    assert all(c.id.endswith(f"-{c.home}") for c in cases)
+    warm = {c.id.removesuffix("-warm") for c in cases if c.home == "warm"}
+    cold = {c.id.removesuffix("-cold") for c in cases if c.home == "cold"}
+    assert warm == cold
