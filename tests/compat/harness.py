@@ -17,7 +17,12 @@ upgrade on a scratch database (a note says what it left there), as on a develope
 
 Every runner run is also checked for its output contract: every stderr line is a JSON object,
 exactly one `run_finished` line whose `exit_code` is the process's, and (for `upgrade`) an
-empty stdout. Every subprocess has a timeout; every database is dropped in `finally`.
+empty stdout. One exception, by the runner's design (README "Log events"): what the project
+itself prints (a revision's `print()`, its own log handlers) stays the project's and is passed
+through on stderr. A plain line is taken for the project's own only when plain Alembic printed
+the same line for the same project and backend, and it is not an Alembic or SQLAlchemy record
+(those the runner promises as JSON events); such lines are listed in the case's notes.
+Every subprocess has a timeout; every database is dropped in `finally`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,10 +271,33 @@ def _run(label: str, args: list[str], env: dict[str, str], cwd: Path) -> Run:
     return _collect(label, args, proc, started)
 
 
+def _collect_together(
+    started: list[tuple[str, list[str], subprocess.Popen[str], float]],
+) -> list[Run]:
+    """Wait for processes that run at the same time, draining all their pipes at once. Read
+    one after another, a runner whose unread output fills its pipe blocks while it holds the
+    migration lock, and the one being read waits for that lock until its lock timeout."""
+    with ThreadPoolExecutor(max_workers=len(started)) as pool:
+        futures = [pool.submit(_collect, *item) for item in started]
+        return [future.result() for future in futures]
+
+
 # -- plain Alembic ------------------------------------------------------------------------------
 
 
 _BASELINES: dict[tuple[str, ...], tuple[str, ...] | HarnessError] = {}
+#: Every line plain Alembic printed (stdout and stderr) per (project, backend): what the
+#: project itself prints, against which a runner's plain stderr lines are checked.
+_ALEMBIC_LINES: dict[tuple[str, str], set[str]] = {}
+#: A record of Alembic's or SQLAlchemy's own loggers, in any format a project's ini gives it.
+_LIBRARY_RECORD = re.compile(r"\[(alembic|sqlalchemy)[.\]]")
+
+
+def project_lines(project: Project, backend: str) -> frozenset[str]:
+    """The lines plain Alembic printed for this project and backend that are the project's
+    own (not Alembic's or SQLAlchemy's records)."""
+    lines = _ALEMBIC_LINES.get((project.key, backend), set())
+    return frozenset(line for line in lines if not _LIBRARY_RECORD.search(line))
 
 
 def _memo(key: tuple[str, ...], compute: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
@@ -308,7 +337,10 @@ def alembic(project: Project, venv: envs.Venv, db: Database, *command: str) -> R
             args = [str(venv.bin("alembic")), "-c", str(ini), *command]
         env = base_env(venv, envs.cache_root() / "homes" / f"{project.key}-alembic")
         env.update(project_env(project, db))
-        return _run(f"alembic {' '.join(command)}", args, env, workspace(project))
+        run = _run(f"alembic {' '.join(command)}", args, env, workspace(project))
+        printed = _ALEMBIC_LINES.setdefault((project.key, db.backend), set())
+        printed.update(line.strip() for line in (run.stdout + "\n" + run.stderr).splitlines())
+        return run
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -407,20 +439,35 @@ class RunnerSetup:
                 shutil.rmtree(cold_root, ignore_errors=True)
 
 
-def check_contract(run: Run, outcome: Outcome, expect_empty_stdout: bool = True) -> None:
-    """The runner's output contract, whatever the run's result."""
+def check_contract(
+    run: Run,
+    outcome: Outcome,
+    expect_empty_stdout: bool = True,
+    projects_own: frozenset[str] = frozenset(),
+) -> None:
+    """The runner's output contract, whatever the run's result. `projects_own`: plain lines
+    that are the project's own output (see the module docstring), passed through on stderr."""
     where = run.label
     bad = []
+    passed = []
     for number, line in enumerate(run.stderr.splitlines(), 1):
         try:
             value = json.loads(line)
         except ValueError:
-            bad.append(f"{number}: {line[:160]}")
+            value = None
+        if isinstance(value, dict) and "event" in value:
             continue
-        if not isinstance(value, dict) or "event" not in value:
+        if line.strip() and line.strip() in projects_own:
+            passed.append(line.strip())
+        else:
             bad.append(f"{number}: {line[:160]}")
     if bad:
         outcome.problem(f"{where}: {len(bad)} stderr line(s) not JSON events, first: {bad[0]}")
+    if passed:
+        outcome.notes.append(
+            f"{where}: {len(passed)} line(s) of the project's own output passed through on "
+            f"stderr (plain Alembic prints them too), first: {passed[0][:120]}"
+        )
     finished = [e for e in run.events if e.get("event") == "run_finished"]
     if len(finished) != 1:
         outcome.problem(f"{where}: {len(finished)} run_finished lines (want exactly 1)")
@@ -442,7 +489,8 @@ def _runner_step(
     outcome.exit_codes.append(run.returncode)
     if run.returncode != 0:
         outcome.problem(f"{run.label}: exit {run.returncode}: {run.reason}")
-    check_contract(run, outcome, expect_empty_stdout=command[0] == "upgrade")
+    own = project_lines(setup.project, db.backend)
+    check_contract(run, outcome, expect_empty_stdout=command[0] == "upgrade", projects_own=own)
     if run.returncode == 0 and applies is True and not run.applied:
         outcome.problem(f"{run.label}: run_finished reports applied={run.applied}, want > 0")
     if run.returncode == 0 and applies is False and run.applied != 0:
@@ -481,18 +529,22 @@ def _changed_sections(expected: str, actual: str) -> list[str]:
 # -- scenarios ----------------------------------------------------------------------------------
 
 
+# Each scenario takes plain Alembic's result first: what it printed is what the runner's
+# contract check allows as the project's own lines.
+
+
 def _apply(setup: RunnerSetup, outcome: Outcome) -> None:
     case = outcome.case
+    expected = alembic_upgraded(case.project, setup.venv, case.backend)
     with fresh_database(case.backend, f"{case.project.key}_runner") as db:
         seed(case.project, setup.venv, db)
         _runner_step(setup, db, outcome, "upgrade", applies=True)
-        _compare(
-            outcome, alembic_upgraded(case.project, setup.venv, case.backend), db, "after upgrade"
-        )
+        _compare(outcome, expected, db, "after upgrade")
 
 
 def _noop(setup: RunnerSetup, outcome: Outcome) -> None:
     case = outcome.case
+    expected = alembic_upgraded(case.project, setup.venv, case.backend)
     with fresh_database(case.backend, f"{case.project.key}_runner") as db:
         seed(case.project, setup.venv, db)
         first = _runner_step(setup, db, outcome, "upgrade", applies=True)
@@ -500,7 +552,6 @@ def _noop(setup: RunnerSetup, outcome: Outcome) -> None:
             outcome.notes.append("the first upgrade failed, so the rerun starts from its state")
         before = databases.snapshot(db)
         _runner_step(setup, db, outcome, "upgrade", applies=False)
-        expected = alembic_upgraded(case.project, setup.venv, case.backend)
         after = _compare(outcome, expected, db, "after the rerun")
         if after != before:
             outcome.problem("the no-op rerun changed the database")
@@ -522,21 +573,27 @@ def _downgrade(setup: RunnerSetup, outcome: Outcome) -> None:
 
 def _concurrent(setup: RunnerSetup, outcome: Outcome) -> None:
     case = outcome.case
+    expected = alembic_upgraded(case.project, setup.venv, case.backend)
+    own = project_lines(case.project, case.backend)
     with fresh_database(case.backend, f"{case.project.key}_runner") as db:
         seed(case.project, setup.venv, db)
         started = [setup.start(db, "upgrade") for _ in range(CONCURRENT_RUNNERS)]
-        runs = []
-        for number, (proc, t0, args, cold_root) in enumerate(started, 1):
-            try:
-                runs.append(_collect(f"runner #{number} of {CONCURRENT_RUNNERS}", args, proc, t0))
-            finally:
+        try:
+            runs = _collect_together(
+                [
+                    (f"runner #{number} of {CONCURRENT_RUNNERS}", args, proc, t0)
+                    for number, (proc, t0, args, _) in enumerate(started, 1)
+                ]
+            )
+        finally:
+            for *_, cold_root in started:
                 if cold_root is not None:
                     shutil.rmtree(cold_root, ignore_errors=True)
         for run in runs:
             outcome.exit_codes.append(run.returncode)
             if run.returncode != 0:
                 outcome.problem(f"{run.label}: exit {run.returncode}: {run.reason}")
-            check_contract(run, outcome)
+            check_contract(run, outcome, projects_own=own)
         appliers = [run for run in runs if run.applied]
         if len(appliers) != 1:
             outcome.problem(
@@ -550,7 +607,6 @@ def _concurrent(setup: RunnerSetup, outcome: Outcome) -> None:
         twice = sorted(r for r, n in seen.items() if n > 1)
         if twice:
             outcome.problem(f"revisions applied more than once: {twice[:5]}")
-        expected = alembic_upgraded(case.project, setup.venv, case.backend)
         _compare(outcome, expected, db, f"after {CONCURRENT_RUNNERS} concurrent upgrades")
 
 

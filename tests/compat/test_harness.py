@@ -5,12 +5,15 @@ opt-in suite silently."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from tests.compat import databases
+from tests.compat import databases, harness
 from tests.compat.harness import (
     HOMES,
     Case,
@@ -19,6 +22,7 @@ from tests.compat.harness import (
     _set_option,
     all_cases,
     check_contract,
+    project_lines,
 )
 from tests.compat.projects import PROJECTS
 from tests.parity import HISTORY
@@ -128,3 +132,54 @@ def test_case_ids_name_the_home_variant_and_every_case_has_both() -> None:
     warm = {c.id.removesuffix("-warm") for c in cases if c.home == "warm"}
     cold = {c.id.removesuffix("-cold") for c in cases if c.home == "cold"}
     assert warm == cold
+
+
+def test_contract_passes_the_projects_own_lines_through_and_notes_them() -> None:
+    """A plain stderr line is the project's (not a break of the contract) only when plain
+    Alembic printed it too; the case's notes say so."""
+    stderr = "\n".join(["processing batch 1", _event("run_finished", exit_code=0, applied=1)])
+    outcome = _outcome()
+    check_contract(
+        Run("runner", [], 0, "", stderr, 0.0),
+        outcome,
+        projects_own=frozenset({"processing batch 1"}),
+    )
+    assert outcome.status == "same", outcome.problems
+    assert any("project's own output" in n and "processing batch 1" in n for n in outcome.notes)
+
+    outcome = _outcome()
+    check_contract(Run("runner", [], 0, "", stderr, 0.0), outcome, projects_own=frozenset())
+    assert any("not JSON" in p for p in outcome.problems)
+
+
+def test_alembic_and_sqlalchemy_records_are_never_the_projects_own_lines() -> None:
+    project = PROJECTS[0]
+    harness._ALEMBIC_LINES[(project.key, "test-backend")] = {
+        "INFO  [alembic.runtime.migration] Running upgrade  -> a1",
+        "WARNI [sqlalchemy.engine.Engine] something",
+        "processing batch 1",
+    }
+    try:
+        assert project_lines(project, "test-backend") == {"processing batch 1"}
+    finally:
+        del harness._ALEMBIC_LINES[(project.key, "test-backend")]
+
+
+def test_processes_started_together_are_drained_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first process waits for the second, which first writes more than a pipe holds: read
+    one after the other, the first would never finish."""
+    monkeypatch.setattr(harness, "RUN_TIMEOUT_S", 20.0)
+    flag = tmp_path / "done"
+    waiter = f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.01)"
+    writer = f"import sys\nsys.stderr.write('x' * 300_000)\nopen({str(flag)!r}, 'w').close()"
+    started = []
+    for label, code in (("waiter", waiter), ("writer", writer)):
+        args = [sys.executable, "-c", code]
+        proc, t0 = harness._spawn(args, dict(os.environ), tmp_path)
+        started.append((label, args, proc, t0))
+    runs = harness._collect_together(started)
+    assert [r.returncode for r in runs] == [0, 0]
+    assert len(runs[1].stderr) == 300_000
+    assert all(r.duration_s < 15 for r in runs)
