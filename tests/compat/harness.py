@@ -20,8 +20,9 @@ exactly one `run_finished` line whose `exit_code` is the process's, and (for `up
 empty stdout. One exception, by the runner's design (README "Log events"): what the project
 itself prints (a revision's `print()`, its own log handlers) stays the project's and is passed
 through on stderr. A plain line is taken for the project's own only when plain Alembic printed
-the same line for the same project and backend, and it is not an Alembic or SQLAlchemy record
-(those the runner promises as JSON events); such lines are listed in the case's notes.
+the same line (timestamps aside) for the same project and backend, and it is not an Alembic or
+SQLAlchemy record (those the runner promises as JSON events); such lines are listed in the
+case's notes.
 Every subprocess has a timeout; every database is dropped in `finally`.
 """
 
@@ -291,6 +292,15 @@ _BASELINES: dict[tuple[str, ...], tuple[str, ...] | HarnessError] = {}
 _ALEMBIC_LINES: dict[tuple[str, str], set[str]] = {}
 #: A record of Alembic's or SQLAlchemy's own loggers, in any format a project's ini gives it.
 _LIBRARY_RECORD = re.compile(r"\[(alembic|sqlalchemy)[.\]]")
+#: A timestamp a project's log format puts in a line (ISO 8601, or logging's asctime).
+_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"
+)
+
+
+def comparable(line: str) -> str:
+    """A printed line as two runs can share it: stripped, timestamps replaced."""
+    return _TIMESTAMP.sub("<time>", line.strip())
 
 
 def project_lines(project: Project, backend: str) -> frozenset[str]:
@@ -339,7 +349,7 @@ def alembic(project: Project, venv: envs.Venv, db: Database, *command: str) -> R
         env.update(project_env(project, db))
         run = _run(f"alembic {' '.join(command)}", args, env, workspace(project))
         printed = _ALEMBIC_LINES.setdefault((project.key, db.backend), set())
-        printed.update(line.strip() for line in (run.stdout + "\n" + run.stderr).splitlines())
+        printed.update(comparable(line) for line in (run.stdout + "\n" + run.stderr).splitlines())
         return run
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -457,7 +467,7 @@ def check_contract(
             value = None
         if isinstance(value, dict) and "event" in value:
             continue
-        if line.strip() and line.strip() in projects_own:
+        if line.strip() and comparable(line) in projects_own:
             passed.append(line.strip())
         else:
             bad.append(f"{number}: {line[:160]}")

@@ -22,6 +22,7 @@ from tests.compat.harness import (
     _set_option,
     all_cases,
     check_contract,
+    comparable,
     project_lines,
 )
 from tests.compat.projects import PROJECTS
@@ -150,6 +151,18 @@ def test_contract_passes_the_projects_own_lines_through_and_notes_them() -> None
     outcome = _outcome()
     check_contract(Run("runner", [], 0, "", stderr, 0.0), outcome, projects_own=frozenset())
     assert any("not JSON" in p for p in outcome.problems)
+
+
+def test_the_projects_own_lines_match_plain_alembics_whatever_their_timestamps() -> None:
+    ours = "2026-12-01T11:12:49.255476Z [info     ] Checking primary key [rev_0101] table=deadline"
+    theirs = (
+        "2026-12-01T11:12:45.289343Z [info     ] Checking primary key [rev_0101] table=deadline"
+    )
+    assert comparable(ours) == comparable(theirs)
+    assert comparable("2026-12-01 11:12:45,289 INFO x") == comparable(
+        "2026-12-02 01:00:00,001 INFO x"
+    )
+    assert comparable("took 12 ms") != comparable("took 13 ms")
 
 
 def test_alembic_and_sqlalchemy_records_are_never_the_projects_own_lines() -> None:
