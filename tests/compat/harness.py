@@ -20,9 +20,9 @@ exactly one `run_finished` line whose `exit_code` is the process's, and (for `up
 empty stdout. One exception, by the runner's design (README "Log events"): what the project
 itself prints (a revision's `print()`, its own log handlers) stays the project's and is passed
 through on stderr. A plain line is taken for the project's own only when plain Alembic printed
-the same line (timestamps aside) for the same project and backend, and it is not an Alembic or
-SQLAlchemy record (those the runner promises as JSON events); such lines are listed in the
-case's notes.
+the same line (timestamps aside) for the same project and backend, and it is neither an Alembic
+or SQLAlchemy record nor a Python warning (those the runner promises as JSON events); such
+lines are listed in the case's notes.
 Every subprocess has a timeout; every database is dropped in `finally`.
 """
 
@@ -290,8 +290,10 @@ _BASELINES: dict[tuple[str, ...], tuple[str, ...] | HarnessError] = {}
 #: Every line plain Alembic printed (stdout and stderr) per (project, backend): what the
 #: project itself prints, against which a runner's plain stderr lines are checked.
 _ALEMBIC_LINES: dict[tuple[str, str], set[str]] = {}
-#: A record of Alembic's or SQLAlchemy's own loggers, in any format a project's ini gives it.
-_LIBRARY_RECORD = re.compile(r"\[(alembic|sqlalchemy)[.\]]")
+#: What the runner promises as JSON events, never as plain lines: a record of Alembic's or
+#: SQLAlchemy's own loggers (in any format a project's ini gives it), and a Python warning as
+#: `warnings` prints it (`path.py:23: SomeWarning: text`).
+_RUNNERS_OWN = re.compile(r"\[(alembic|sqlalchemy)[.\]]|^\S+:\d+: \w*Warning: ")
 #: A timestamp a project's log format puts in a line (ISO 8601, or logging's asctime).
 _TIMESTAMP = re.compile(
     r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"
@@ -305,9 +307,9 @@ def comparable(line: str) -> str:
 
 def project_lines(project: Project, backend: str) -> frozenset[str]:
     """The lines plain Alembic printed for this project and backend that are the project's
-    own (not Alembic's or SQLAlchemy's records)."""
+    own (not Alembic's or SQLAlchemy's records, not Python warnings)."""
     lines = _ALEMBIC_LINES.get((project.key, backend), set())
-    return frozenset(line for line in lines if not _LIBRARY_RECORD.search(line))
+    return frozenset(line for line in lines if not _RUNNERS_OWN.search(line))
 
 
 def _memo(key: tuple[str, ...], compute: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
