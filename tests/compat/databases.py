@@ -12,6 +12,11 @@ databases compare with a unified diff:
 - MariaDB: `SHOW CREATE TABLE/VIEW` (AUTO_INCREMENT counters and DEFINERs stripped, keys
   and constraints sorted for the same batch-mode reason), triggers, routines, version
   tables, row counts.
+
+The one object the runner adds on purpose, its history table (`migration_runner_history`,
+next to the version table), is left out of every section, as tests/parity.py leaves it out
+for the default suite: plain Alembic never creates it. Only that table and what belongs to it
+(its `id` sequence and primary key on PostgreSQL) are left out, by exact name.
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.pool import NullPool
 
+from tests.parity import HISTORY
+
 PG_ENV = "MIGRATION_TEST_POSTGRES_URL"
 MARIADB_ENV = "MIGRATION_TEST_MARIADB_URL"
 DUMP_TIMEOUT_S = 120
 _PG_SYSTEM = "('pg_catalog', 'information_schema', 'pg_toast')"
+#: The runner's history table and the relations PostgreSQL makes for it (SERIAL, primary key).
+_PG_HISTORY = f"('{HISTORY}', '{HISTORY}_id_seq', '{HISTORY}_pkey')"
 
 
 class BackendUnavailable(Exception):
@@ -171,7 +180,14 @@ def _normalise_pg_dump(dump: str) -> str:
 def _pg_sections(db: Database) -> Iterator[tuple[str, str]]:
     libpq = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
     dump = subprocess.run(
-        ["pg_dump", "--schema-only", "--no-owner", f"--dbname={libpq}"],
+        [
+            "pg_dump",
+            "--schema-only",
+            "--no-owner",
+            f"--exclude-table=*.{HISTORY}",
+            f"--exclude-table=*.{HISTORY}_id_seq",
+            f"--dbname={libpq}",
+        ],
         capture_output=True,
         text=True,
         timeout=DUMP_TIMEOUT_S,
@@ -194,6 +210,7 @@ def _pg_sections(db: Database) -> Iterator[tuple[str, str]]:
                    pg_get_userbyid(c.relowner)::text
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname NOT IN {_PG_SYSTEM} AND n.nspname NOT LIKE 'pg\\_%'
+               AND c.relname NOT IN {_PG_HISTORY}
             UNION ALL
             SELECT 'type:' || t.typtype::text, n.nspname::text, t.typname::text,
                    pg_get_userbyid(t.typowner)::text
@@ -218,6 +235,7 @@ def _pg_sections(db: Database) -> Iterator[tuple[str, str]]:
             conn,
             f"""SELECT table_schema, table_name FROM information_schema.tables
                  WHERE table_type = 'BASE TABLE' AND table_schema NOT IN {_PG_SYSTEM}
+                   AND table_name <> '{HISTORY}'
                  ORDER BY 1, 2""",
         )
         version_tables = _rows(
@@ -288,7 +306,12 @@ def _sqlite_sections(db: Database) -> Iterator[tuple[str, str]]:
         yield "sqlite_master (table constraints sorted)", "(no database file)"
         return
     with _autocommit(db.url) as conn:
-        master = _rows(conn, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY 1, 2")
+        master = _rows(
+            conn,
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE tbl_name <> :h "
+            "ORDER BY 1, 2",
+            h=HISTORY,
+        )
         normalised = [(*row[:3], _normalise_sqlite_sql(str(row[3]))) for row in master]
         yield "sqlite_master (table constraints sorted)", _lines(normalised)
         yield "user_version", _lines(_rows(conn, "PRAGMA user_version"))
@@ -296,8 +319,9 @@ def _sqlite_sections(db: Database) -> Iterator[tuple[str, str]]:
             ("main", r[0])
             for r in _rows(
                 conn,
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> :h "
                 "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY 1",
+                h=HISTORY,
             )
         ]
         version_tables = [
@@ -330,8 +354,9 @@ def _maria_sections(db: Database) -> Iterator[tuple[str, str]]:
         tables = _rows(
             conn,
             "SELECT table_name, table_type FROM information_schema.tables "
-            "WHERE table_schema = :d ORDER BY 1",
+            "WHERE table_schema = :d AND table_name <> :h ORDER BY 1",
             d=db.name,
+            h=HISTORY,
         )
         creates = []
         for name, kind in tables:

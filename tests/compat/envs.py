@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from pathlib import Path
 from tests.compat.projects import Project
 
 REPO = Path(__file__).resolve().parents[2]
+#: The runner's distribution name as pyproject.toml has it (`pip list` shows it so), and the
+#: prefix of its wheel's file name (PEP 427: `-` becomes `_`), so a rename needs no edit here.
+RUNNER_DISTRIBUTION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["name"]
+RUNNER_WHEEL_GLOB = re.sub(r"[-_.]+", "_", RUNNER_DISTRIBUTION) + "-*.whl"
 INSTALL_TIMEOUT_S = 1800
 PYTHON = os.environ.get("MIGRATION_COMPAT_PYTHON", "python3.11")
 
@@ -102,7 +107,7 @@ def runner_wheel() -> Path:
     digest = runner_digest()
     out = cache_root() / "wheels" / digest
     with _locked(cache_root() / "wheels" / f"{digest}.lock"):
-        found = sorted(out.glob("migration_runner-*.whl"))
+        found = sorted(out.glob(RUNNER_WHEEL_GLOB))
         if found:
             return found[0]
         out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +123,10 @@ def runner_wheel() -> Path:
         )
         _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", out, src], out / "build.log")
         shutil.rmtree(src, ignore_errors=True)
-        return sorted(out.glob("migration_runner-*.whl"))[0]
+        built = sorted(out.glob(RUNNER_WHEEL_GLOB))
+        if not built:
+            raise InstallError(f"pip wheel made no {RUNNER_WHEEL_GLOB} in {out}; see build.log")
+        return built[0]
 
 
 def ensure_venv(project: Project) -> Venv:
@@ -158,7 +166,12 @@ def ensure_venv(project: Project) -> Venv:
             timeout=120,
             check=True,
         ).stdout
-        wanted = {project.distribution.lower(), "alembic", "sqlalchemy", "migration-runner"}
+        wanted = {
+            project.distribution.lower(),
+            "alembic",
+            "sqlalchemy",
+            RUNNER_DISTRIBUTION.lower(),
+        }
         versions = {
             p["name"]: p["version"] for p in json.loads(listed) if p["name"].lower() in wanted
         }

@@ -2,7 +2,7 @@
 two databases compared. One function per scenario, each returning an `Outcome` that the
 pytest module asserts on and the report renders.
 
-Scenarios (each with a warm or a cold runner cache):
+Scenarios (each with a warm or a cold HOME):
 - apply: from empty (after the project's seed) to head.
 - noop: a second `upgrade` on a database at head: exit 0, nothing applied, nothing changed.
 - downgrade: `downgrade REV --yes` then `upgrade`, each state compared with plain Alembic's
@@ -10,9 +10,20 @@ Scenarios (each with a warm or a cold runner cache):
 - concurrent: five `upgrade` processes started together on one database: all exit 0, exactly
   one applies, no revision is applied twice, the result equals plain Alembic's.
 
+HOME: the runner keeps no state between runs (it has no cache), but a project's own code may
+write to HOME. *warm*: every runner run of the project shares one HOME, first filled by an
+upgrade on a scratch database (a note says what it left there), as on a developer's machine;
+*cold*: an empty HOME per run, as a pod starts.
+
 Every runner run is also checked for its output contract: every stderr line is a JSON object,
 exactly one `run_finished` line whose `exit_code` is the process's, and (for `upgrade`) an
-empty stdout. Every subprocess has a timeout; every database is dropped in `finally`.
+empty stdout. One exception, by the runner's design (README "Log events"): what the project
+itself prints (a revision's `print()`, its own log handlers) stays the project's and is passed
+through on stderr. A plain line is taken for the project's own only when plain Alembic printed
+the same line (timestamps aside) for the same project and backend, and it is neither an Alembic
+or SQLAlchemy record nor a Python warning (those the runner promises as JSON events); such
+lines are listed in the case's notes.
+Every subprocess has a timeout; every database is dropped in `finally`.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +48,7 @@ from tests.compat.databases import Database, fresh_database
 from tests.compat.projects import PROJECTS, Project
 
 SCENARIOS = ("apply", "noop", "downgrade", "concurrent")
-CACHES = ("warm", "cold")
+HOMES = ("warm", "cold")
 RUN_TIMEOUT_S = float(os.environ.get("MIGRATION_COMPAT_RUN_TIMEOUT", "600"))
 CONCURRENT_RUNNERS = 5
 DESCRIBE_DIFF_LINES = 80
@@ -48,20 +60,20 @@ class Case:
     project: Project
     scenario: str
     backend: str
-    cache: str
+    home: str
 
     @property
     def id(self) -> str:
-        return f"{self.project.key}-{self.scenario}-{self.backend}-{self.cache}"
+        return f"{self.project.key}-{self.scenario}-{self.backend}-{self.home}"
 
 
 def all_cases() -> list[Case]:
     return [
-        Case(project, scenario, backend, cache)
+        Case(project, scenario, backend, home)
         for project in PROJECTS
         for scenario in SCENARIOS
         for backend in project.backends
-        for cache in CACHES
+        for home in HOMES
         if (scenario, backend) not in project.not_run
     ]
 
@@ -200,7 +212,7 @@ def workspace(project: Project) -> Path:
 
 
 def runner_ini(project: Project, venv: envs.Venv) -> Path:
-    """One ini per project, byte-identical between runs (the runner's cache keys on it)."""
+    """One ini per project, written once and byte-identical between runs."""
     path = workspace(project) / "runner-alembic.ini"
     wanted = project_ini(project, venv, None)
     if not path.is_file() or path.read_text() != wanted:
@@ -260,14 +272,48 @@ def _run(label: str, args: list[str], env: dict[str, str], cwd: Path) -> Run:
     return _collect(label, args, proc, started)
 
 
+def _collect_together(
+    started: list[tuple[str, list[str], subprocess.Popen[str], float]],
+) -> list[Run]:
+    """Wait for processes that run at the same time, draining all their pipes at once. Read
+    one after another, a runner whose unread output fills its pipe blocks while it holds the
+    migration lock, and the one being read waits for that lock until its lock timeout."""
+    with ThreadPoolExecutor(max_workers=len(started)) as pool:
+        futures = [pool.submit(_collect, *item) for item in started]
+        return [future.result() for future in futures]
+
+
 # -- plain Alembic ------------------------------------------------------------------------------
 
 
 _BASELINES: dict[tuple[str, ...], tuple[str, ...] | HarnessError] = {}
+#: Every line plain Alembic printed (stdout and stderr) per (project, backend): what the
+#: project itself prints, against which a runner's plain stderr lines are checked.
+_ALEMBIC_LINES: dict[tuple[str, str], set[str]] = {}
+#: What the runner promises as JSON events, never as plain lines: a record of Alembic's or
+#: SQLAlchemy's own loggers (in any format a project's ini gives it), and a Python warning as
+#: `warnings` prints it (`path.py:23: SomeWarning: text`).
+_RUNNERS_OWN = re.compile(r"\[(alembic|sqlalchemy)[.\]]|^\S+:\d+: \w*Warning: ")
+#: A timestamp a project's log format puts in a line (ISO 8601, or logging's asctime).
+_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"
+)
+
+
+def comparable(line: str) -> str:
+    """A printed line as two runs can share it: stripped, timestamps replaced."""
+    return _TIMESTAMP.sub("<time>", line.strip())
+
+
+def project_lines(project: Project, backend: str) -> frozenset[str]:
+    """The lines plain Alembic printed for this project and backend that are the project's
+    own (not Alembic's or SQLAlchemy's records, not Python warnings)."""
+    lines = _ALEMBIC_LINES.get((project.key, backend), set())
+    return frozenset(line for line in lines if not _RUNNERS_OWN.search(line))
 
 
 def _memo(key: tuple[str, ...], compute: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
-    """Plain Alembic's result is the same for every cache variant: compute it once (a failure
+    """Plain Alembic's result is the same for warm and cold: compute it once (a failure
     too, so that every case of the pair reports it without rerunning it)."""
     if key not in _BASELINES:
         try:
@@ -303,7 +349,10 @@ def alembic(project: Project, venv: envs.Venv, db: Database, *command: str) -> R
             args = [str(venv.bin("alembic")), "-c", str(ini), *command]
         env = base_env(venv, envs.cache_root() / "homes" / f"{project.key}-alembic")
         env.update(project_env(project, db))
-        return _run(f"alembic {' '.join(command)}", args, env, workspace(project))
+        run = _run(f"alembic {' '.join(command)}", args, env, workspace(project))
+        printed = _ALEMBIC_LINES.setdefault((project.key, db.backend), set())
+        printed.update(comparable(line) for line in (run.stdout + "\n" + run.stderr).splitlines())
+        return run
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -361,74 +410,76 @@ def alembic_downgraded(project: Project, venv: envs.Venv, backend: str) -> tuple
 
 @dataclass
 class RunnerSetup:
-    """How this case starts the runner: its home and cache directory, warm or cold."""
+    """How this case starts the runner: with the project's shared HOME (warm) or an empty one
+    per run (cold). The runner's own settings are its defaults but for the URL, the ini and
+    JSON logs; its history table is left out of every comparison (databases.py)."""
 
     project: Project
     venv: envs.Venv
-    cache: str
-    cache_setting: bool = True
+    home: str
     notes: list[str] = field(default_factory=list)
 
-    def dirs(self) -> tuple[Path, Path]:
-        if self.cache == "warm":
-            root = envs.cache_root()
-            return (
-                root / "homes" / f"{self.project.key}-warm",
-                root / "runner-cache" / self.project.key,
-            )
-        fresh = Path(tempfile.mkdtemp(prefix="mr-compat-cold-"))
-        return fresh / "home", fresh / "cache"
+    def home_dir(self) -> Path:
+        if self.home == "warm":
+            return envs.cache_root() / "homes" / f"{self.project.key}-warm"
+        return Path(tempfile.mkdtemp(prefix="mr-compat-cold-")) / "home"
 
-    def env(self, db: Database, home: Path, cache_dir: Path) -> dict[str, str]:
+    def env(self, db: Database, home: Path) -> dict[str, str]:
         env = base_env(self.venv, home)
         env.update(project_env(self.project, db))
         env["MIGRATION_DATABASE_URL"] = db.project_url(self.project.async_driver)
         env["MIGRATION_CONFIG"] = str(runner_ini(self.project, self.venv))
         env["MIGRATION_LOG_FORMAT"] = "json"
-        if self.cache_setting:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            env["MIGRATION_CACHE_DIR"] = str(cache_dir)
         return env
 
     def start(
         self, db: Database, *command: str
     ) -> tuple[subprocess.Popen[str], float, list[str], Path | None]:
         """Start one runner; also returns the cold run's directory to remove once it ends."""
-        home, cache_dir = self.dirs()
+        home = self.home_dir()
         args = [str(self.venv.bin("migration-runner")), *command]
-        proc, started = _spawn(args, self.env(db, home, cache_dir), workspace(self.project))
-        cold_root = home.parent if self.cache == "cold" else None
+        proc, started = _spawn(args, self.env(db, home), workspace(self.project))
+        cold_root = home.parent if self.home == "cold" else None
         return proc, started, args, cold_root
 
     def run(self, db: Database, *command: str) -> Run:
         proc, started, args, cold_root = self.start(db, *command)
         try:
-            run = _collect(f"migration-runner {' '.join(command)}", args, proc, started)
+            return _collect(f"migration-runner {' '.join(command)}", args, proc, started)
         finally:
             if cold_root is not None:
                 shutil.rmtree(cold_root, ignore_errors=True)
-        if self.cache_setting and run.returncode in (2, 78) and "cache_dir" in run.stderr.lower():
-            # The core may drop MIGRATION_CACHE_DIR; run without it rather than fail the case.
-            self.cache_setting = False
-            self.notes.append("MIGRATION_CACHE_DIR not accepted by this runner: ran without it")
-            return self.run(db, *command)
-        return run
 
 
-def check_contract(run: Run, outcome: Outcome, expect_empty_stdout: bool = True) -> None:
-    """The runner's output contract, whatever the run's result."""
+def check_contract(
+    run: Run,
+    outcome: Outcome,
+    expect_empty_stdout: bool = True,
+    projects_own: frozenset[str] = frozenset(),
+) -> None:
+    """The runner's output contract, whatever the run's result. `projects_own`: plain lines
+    that are the project's own output (see the module docstring), passed through on stderr."""
     where = run.label
     bad = []
+    passed = []
     for number, line in enumerate(run.stderr.splitlines(), 1):
         try:
             value = json.loads(line)
         except ValueError:
-            bad.append(f"{number}: {line[:160]}")
+            value = None
+        if isinstance(value, dict) and "event" in value:
             continue
-        if not isinstance(value, dict) or "event" not in value:
+        if line.strip() and comparable(line) in projects_own:
+            passed.append(line.strip())
+        else:
             bad.append(f"{number}: {line[:160]}")
     if bad:
         outcome.problem(f"{where}: {len(bad)} stderr line(s) not JSON events, first: {bad[0]}")
+    if passed:
+        outcome.notes.append(
+            f"{where}: {len(passed)} line(s) of the project's own output passed through on "
+            f"stderr (plain Alembic prints them too), first: {passed[0][:120]}"
+        )
     finished = [e for e in run.events if e.get("event") == "run_finished"]
     if len(finished) != 1:
         outcome.problem(f"{where}: {len(finished)} run_finished lines (want exactly 1)")
@@ -450,7 +501,8 @@ def _runner_step(
     outcome.exit_codes.append(run.returncode)
     if run.returncode != 0:
         outcome.problem(f"{run.label}: exit {run.returncode}: {run.reason}")
-    check_contract(run, outcome, expect_empty_stdout=command[0] == "upgrade")
+    own = project_lines(setup.project, db.backend)
+    check_contract(run, outcome, expect_empty_stdout=command[0] == "upgrade", projects_own=own)
     if run.returncode == 0 and applies is True and not run.applied:
         outcome.problem(f"{run.label}: run_finished reports applied={run.applied}, want > 0")
     if run.returncode == 0 and applies is False and run.applied != 0:
@@ -489,18 +541,22 @@ def _changed_sections(expected: str, actual: str) -> list[str]:
 # -- scenarios ----------------------------------------------------------------------------------
 
 
+# Each scenario takes plain Alembic's result first: what it printed is what the runner's
+# contract check allows as the project's own lines.
+
+
 def _apply(setup: RunnerSetup, outcome: Outcome) -> None:
     case = outcome.case
+    expected = alembic_upgraded(case.project, setup.venv, case.backend)
     with fresh_database(case.backend, f"{case.project.key}_runner") as db:
         seed(case.project, setup.venv, db)
         _runner_step(setup, db, outcome, "upgrade", applies=True)
-        _compare(
-            outcome, alembic_upgraded(case.project, setup.venv, case.backend), db, "after upgrade"
-        )
+        _compare(outcome, expected, db, "after upgrade")
 
 
 def _noop(setup: RunnerSetup, outcome: Outcome) -> None:
     case = outcome.case
+    expected = alembic_upgraded(case.project, setup.venv, case.backend)
     with fresh_database(case.backend, f"{case.project.key}_runner") as db:
         seed(case.project, setup.venv, db)
         first = _runner_step(setup, db, outcome, "upgrade", applies=True)
@@ -508,7 +564,6 @@ def _noop(setup: RunnerSetup, outcome: Outcome) -> None:
             outcome.notes.append("the first upgrade failed, so the rerun starts from its state")
         before = databases.snapshot(db)
         _runner_step(setup, db, outcome, "upgrade", applies=False)
-        expected = alembic_upgraded(case.project, setup.venv, case.backend)
         after = _compare(outcome, expected, db, "after the rerun")
         if after != before:
             outcome.problem("the no-op rerun changed the database")
@@ -530,21 +585,27 @@ def _downgrade(setup: RunnerSetup, outcome: Outcome) -> None:
 
 def _concurrent(setup: RunnerSetup, outcome: Outcome) -> None:
     case = outcome.case
+    expected = alembic_upgraded(case.project, setup.venv, case.backend)
+    own = project_lines(case.project, case.backend)
     with fresh_database(case.backend, f"{case.project.key}_runner") as db:
         seed(case.project, setup.venv, db)
         started = [setup.start(db, "upgrade") for _ in range(CONCURRENT_RUNNERS)]
-        runs = []
-        for number, (proc, t0, args, cold_root) in enumerate(started, 1):
-            try:
-                runs.append(_collect(f"runner #{number} of {CONCURRENT_RUNNERS}", args, proc, t0))
-            finally:
+        try:
+            runs = _collect_together(
+                [
+                    (f"runner #{number} of {CONCURRENT_RUNNERS}", args, proc, t0)
+                    for number, (proc, t0, args, _) in enumerate(started, 1)
+                ]
+            )
+        finally:
+            for *_, cold_root in started:
                 if cold_root is not None:
                     shutil.rmtree(cold_root, ignore_errors=True)
         for run in runs:
             outcome.exit_codes.append(run.returncode)
             if run.returncode != 0:
                 outcome.problem(f"{run.label}: exit {run.returncode}: {run.reason}")
-            check_contract(run, outcome)
+            check_contract(run, outcome, projects_own=own)
         appliers = [run for run in runs if run.applied]
         if len(appliers) != 1:
             outcome.problem(
@@ -558,7 +619,6 @@ def _concurrent(setup: RunnerSetup, outcome: Outcome) -> None:
         twice = sorted(r for r, n in seen.items() if n > 1)
         if twice:
             outcome.problem(f"revisions applied more than once: {twice[:5]}")
-        expected = alembic_upgraded(case.project, setup.venv, case.backend)
         _compare(outcome, expected, db, f"after {CONCURRENT_RUNNERS} concurrent upgrades")
 
 
@@ -572,23 +632,32 @@ SCENARIO_FUNCTIONS: dict[str, Callable[[RunnerSetup, Outcome], None]] = {
 _PRIMED: set[str] = set()
 
 
-def _prime_warm_cache(setup: RunnerSetup, backend: str) -> None:
-    """A warm case needs what a previous deploy left in the cache: if the project's cache
-    directory is still empty, one upgrade on a scratch database fills it."""
+def _home_entries(home: Path) -> list[str]:
+    """What a HOME holds, two levels deep (`airflow/airflow.cfg`), for the notes."""
+    if not home.is_dir():
+        return []
+    found = []
+    for entry in sorted(home.iterdir()):
+        children = sorted(c.name for c in entry.iterdir()) if entry.is_dir() else []
+        found += [f"{entry.name}/{c}" for c in children] if children else [entry.name]
+    return found
+
+
+def _prime_warm_home(setup: RunnerSetup, backend: str) -> None:
+    """A warm case runs with what an earlier run left in HOME: once per project per process,
+    one upgrade on a scratch database with the shared HOME (what it leaves there is noted)."""
     project = setup.project
     if project.key in _PRIMED:
         return
     _PRIMED.add(project.key)
-    _, cache_dir = setup.dirs()
-    if cache_dir.is_dir() and any(cache_dir.iterdir()):
-        return
     with fresh_database(backend, f"{project.key}_prime") as db:
         seed(project, setup.venv, db)
         run = setup.run(db, "upgrade")
-    filled = cache_dir.is_dir() and any(cache_dir.iterdir())
+    entries = _home_entries(setup.home_dir())
+    held = ", ".join(entries[:12]) + (" ..." if len(entries) > 12 else "") if entries else "empty"
     setup.notes.append(
-        f"warm cache primed by an upgrade on a scratch database (exit {run.returncode}; "
-        f"cache {'filled' if filled else 'still empty'})"
+        f"warm HOME primed by an upgrade on a scratch database (exit {run.returncode}); "
+        f"HOME then held: {held}"
     )
 
 
@@ -599,9 +668,9 @@ def run_case(case: Case) -> Outcome:
     try:
         databases.admin_url(case.backend)
         venv = envs.ensure_venv(case.project)
-        setup = RunnerSetup(case.project, venv, case.cache)
-        if case.cache == "warm":
-            _prime_warm_cache(setup, case.backend)
+        setup = RunnerSetup(case.project, venv, case.home)
+        if case.home == "warm":
+            _prime_warm_home(setup, case.backend)
         SCENARIO_FUNCTIONS[case.scenario](setup, outcome)
         outcome.notes.extend(setup.notes)
     except databases.BackendUnavailable as exc:

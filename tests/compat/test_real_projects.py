@@ -1,6 +1,6 @@
 """migration-runner leaves each real project's database exactly as plain Alembic does.
 
-One test per (package, scenario, backend, runner cache); each installs the pinned package and
+One test per (package, scenario, backend, warm or cold HOME); each installs the pinned package and
 the runner from this checkout into a cached venv, runs plain Alembic and the runner side by
 side in fresh databases, and fails with the differences (unified diff of the normalised
 schema dumps, owners, version tables, row counts) and the runner's own error lines. See
