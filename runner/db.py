@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
@@ -392,21 +392,29 @@ def _postgres_settings(
         # Lets the server notice a vanished client (SIGKILL, cut network) mid-statement and
         # release the advisory lock, instead of running on until the statement ends.
         wanted["client_connection_check_interval"] = "2000"
-    names = list(wanted)
-    select = ", ".join(f"current_setting('{name}')" for name in names)
-    sets = "; ".join(f"SET {name} = '{value}'" for name, value in wanted.items())
-    row = conn.exec_driver_sql(f"SELECT {select}").first()
-    _execute(conn, sets, commit)
-    before = dict(zip(names, row or (), strict=False))
+    names = {f"n{i}": name for i, name in enumerate(wanted)}
+    olds = ", ".join(f"current_setting(:{key})" for key in names)
+    row = conn.execute(text(f"SELECT {olds}"), names).first()
+    before = dict(zip(wanted, (str(v) for v in row or ()), strict=True))
+    _set_configs(conn, wanted, commit)
 
     def restore() -> None:
-        resets = "; ".join(
-            f"SET {name} = '{str(value).replace(chr(39), chr(39) * 2)}'"
-            for name, value in before.items()
-        )
-        _execute(conn, resets, commit)
+        _set_configs(conn, before, commit)
 
     return restore
+
+
+def _set_configs(conn: Connection, values: dict[str, str], commit: bool) -> None:
+    """Set session parameters in one statement: `set_config()` rather than `SET a; SET b`,
+    because a driver that prepares its statements (asyncpg, under an env.py's async engine)
+    refuses several commands in one."""
+    params: dict[str, str] = {}
+    for i, (name, value) in enumerate(values.items()):
+        params[f"n{i}"], params[f"v{i}"] = name, value
+    calls = ", ".join(f"set_config(:n{i}, :v{i}, false)" for i in range(len(values)))
+    conn.execute(text(f"SELECT {calls}"), params)
+    if commit:
+        conn.commit()
 
 
 def _mysql_settings(
@@ -421,7 +429,7 @@ def _mysql_settings(
     names = list(wanted)
     row = conn.exec_driver_sql("SELECT " + ", ".join(f"@@SESSION.{n}" for n in names)).first()
     before = dict(zip(names, row or (), strict=False))
-    _execute(conn, ", ".join(f"SET SESSION {n} = {v}" for n, v in wanted.items()), commit)
+    _execute(conn, "SET " + ", ".join(f"SESSION {n} = {v}" for n, v in wanted.items()), commit)
 
     def restore() -> None:
         _execute(conn, "SET " + ", ".join(f"SESSION {n} = {v}" for n, v in before.items()), commit)
@@ -432,7 +440,7 @@ def _mysql_settings(
 def flush_commits(conn: Connection) -> None:
     """Make every earlier asynchronous commit durable: committing a transaction that has a
     transaction id with synchronous_commit on waits for the WAL flush up to that point."""
-    conn.exec_driver_sql("SET synchronous_commit = on; SELECT txid_current()")
+    conn.execute(text("SELECT set_config('synchronous_commit', 'on', false), txid_current()"))
     conn.commit()
 
 

@@ -283,6 +283,55 @@ def test_multidb_template_migrates_each_database_under_its_own_lock(
     assert len({e["target"] for e in result.named("revision_applied")}) == 2
 
 
+# -- an async app's env.py with its own asyncpg engine -------------------------------------------
+
+ASYNCPG_APP = """
+import asyncio
+import os
+from sqlalchemy import pool
+from sqlalchemy.ext.asyncio import create_async_engine
+from alembic import context
+
+
+def do_run_migrations(connection):
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def main():
+    # The app's own URL and driver: asyncpg prepares every statement it sends.
+    engine = create_async_engine(os.environ["APP_DATABASE_URL"], poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+    await engine.dispose()
+
+
+asyncio.run(main())
+"""
+
+
+def test_env_py_with_its_own_asyncpg_engine_gives_alembics_schema(
+    tmp_path: Path, databases: FreshDatabases
+) -> None:
+    """The runner's session settings reach a connection whose driver refuses several commands
+    in one statement (asyncpg), and are put back on it."""
+    ini = write(tmp_path, ASYNCPG_APP, [*chain(2), proof_rev("r0001")])
+    plain, ours = databases.new("postgresql"), databases.new("postgresql")
+
+    def asyncpg(url: str) -> str:
+        return make_url(url).set(drivername="postgresql+asyncpg").render_as_string(False)
+
+    done = run_alembic(ini, plain, ["upgrade", "head"], APP_DATABASE_URL=asyncpg(plain))
+    assert done.returncode == 0, done.stderr
+    result = run_cli(
+        ["upgrade", "--config", str(ini)], ours, EXPECT_LOCK="1", APP_DATABASE_URL=asyncpg(ours)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.finished["applied"] == 3
+    assert_same(plain, ours)
+
+
 # -- SET ROLE on env.py's connection ------------------------------------------------------------
 
 SET_ROLE = """

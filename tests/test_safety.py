@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from tests.conftest import FreshDatabases
 from tests.support import (
     Rev,
     chain,
@@ -241,3 +242,35 @@ def test_no_url_exits_78_without_creating_anything(tmp_path: Path) -> None:
 def test_missing_ini_exits_78(tmp_path: Path, sqlite_url: str) -> None:
     result = run_cli(["upgrade"], sqlite_url, cwd=tmp_path)
     assert result.returncode == 78 and "alembic.ini not found" in result.finished["reason"]
+
+
+SETTINGS_PROOF = """
+bind = op.get_bind()
+if bind.dialect.name == "postgresql":
+    seen = bind.exec_driver_sql(
+        "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+    ).one()
+    assert tuple(seen) == ("1500ms", "7s"), seen
+else:
+    seen = bind.exec_driver_sql(
+        "SELECT @@SESSION.lock_wait_timeout, @@SESSION.max_statement_time"
+    ).one()
+    assert (int(seen[0]), float(seen[1])) == (1, 7.0), seen
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["postgresql", "mariadb"])
+def test_revisions_run_under_the_runners_lock_and_statement_timeouts(
+    tmp_path: Path, databases: FreshDatabases, backend_name: str
+) -> None:
+    """Every session setting reaches env.py's connection at once, statement timeout included
+    (two settings in one statement on each server)."""
+    ini = write_project(tmp_path, [*chain(1), Rev("settings", "r0000", upgrade=SETTINGS_PROOF)])
+    result = run_cli(
+        ["upgrade", "--config", str(ini)],
+        databases.new(backend_name),
+        MIGRATION_DDL_LOCK_TIMEOUT="1.5",
+        MIGRATION_STATEMENT_TIMEOUT="7",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.finished["applied"] == 2
