@@ -273,7 +273,8 @@ def main() -> None:
         "",
         f"Ten processes started together on {os.cpu_count()} cores spend "
         f"{start_up * 1000:.0f} ms just starting Alembic and loading the project; the ten "
-        f"runners finish {(ten - start_up) * 1000:.0f} ms after that, while one of them "
+        f"runners finish {abs(ten - start_up) * 1000:.0f} ms "
+        f"{'after' if ten >= start_up else 'before'} that, while one of them "
         f"applies the 100 revisions (alone: {single * 1000:.0f} ms).",
     ]
     text = "\n".join(lines) + "\n"
