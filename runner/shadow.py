@@ -6,18 +6,30 @@ PostgreSQL service container in CI, the embedded server of the test suite on a l
 database is named `mr_shadow_<pid>_<random>` so that an operator can tell whose it is; it is
 dropped in `finally` (with `WITH (FORCE)`, so a connection env.py left open cannot keep it),
 after a failed revision and after SIGTERM alike.
+
+Only a process killed outright (SIGKILL, the OOM killer) cannot drop its database. So that
+those do not pile up on a long-lived server, each run holds a guard for its database's whole
+life: a session advisory lock, keyed by the database's name, on a connection of its own, taken
+before the database is created and released (by closing that connection) after it is dropped.
+A killed run's connection closes with it, so its guard goes too; the next run drops every
+`mr_shadow_*` database whose guard nobody holds. `pg_locks` shows the advisory locks of every
+database on the server, so the check does not depend on which maintenance database a run's
+URL names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import text
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
 from runner import db
@@ -29,6 +41,8 @@ from runner.urls import parse_database_url
 SOURCE = "MIGRATION_SHADOW_URL"
 #: How long creating or dropping the throwaway database may retry while the server starts.
 CONNECT_TIMEOUT_S = 30.0
+#: The names this module gives its databases, and the only ones it ever drops.
+NAME_PATTERN = re.compile(r"mr_shadow_[0-9]+_[0-9a-f]{8}")
 
 
 @dataclass(frozen=True)
@@ -56,16 +70,15 @@ def server_url(raw: str) -> URL:
     return url
 
 
-def _admin(admin: URL, sql: str, cancel: CancelToken | None, timeout_s: float) -> None:
-    """One statement in autocommit on the shadow server, retried (bounded) while it starts."""
+def _connect(admin: URL, cancel: CancelToken | None, timeout_s: float) -> Connection:
+    """An autocommit connection to the shadow server, retried (bounded) while it starts. The
+    connection's engine has no pool: closing the connection ends the session."""
     started = time.monotonic()
     delay = 0.25
     while True:
         engine = db.runner_engine(admin).execution_options(isolation_level="AUTOCOMMIT")
         try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql(sql)
-            return
+            return engine.connect()
         except DBAPIError as exc:
             display = admin.render_as_string(hide_password=True)
             permanent = db.classify_connect_error(exc, display)
@@ -73,8 +86,6 @@ def _admin(admin: URL, sql: str, cancel: CancelToken | None, timeout_s: float) -
             retry = isinstance(error, DatabaseUnavailable)
             if not retry or time.monotonic() - started + delay > timeout_s:
                 raise error from None
-        finally:
-            engine.dispose()
         if cancel is not None:
             cancel.sleep(delay)
         else:
@@ -82,8 +93,86 @@ def _admin(admin: URL, sql: str, cancel: CancelToken | None, timeout_s: float) -
         delay = min(delay * 2, 2.0)
 
 
-def create(admin: URL, cancel: CancelToken | None = None) -> ShadowDatabase:
-    name = f"mr_shadow_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+def _admin(admin: URL, sql: str, cancel: CancelToken | None, timeout_s: float) -> None:
+    """One statement in autocommit on the shadow server, on a connection of its own."""
+    conn = _connect(admin, cancel, timeout_s)
+    try:
+        conn.exec_driver_sql(sql)
+    except DBAPIError as exc:
+        raise db.classify(exc, "postgresql", "shadow server: ") from None
+    finally:
+        conn.close()
+
+
+def guard_key(name: str) -> int:
+    """The advisory-lock key (signed 64-bit) that guards the database `name` while it lives."""
+    digest = hashlib.sha256(f"migration-runner shadow database {name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _held_advisory_keys(conn: Connection) -> set[int]:
+    """The 64-bit advisory locks held right now, in any database of the server."""
+    rows = conn.execute(
+        text(
+            "SELECT classid::bigint, objid::bigint FROM pg_catalog.pg_locks "
+            "WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+        )
+    ).all()
+    # A bigint key is stored as its high and low 32 bits; put the signed key back together.
+    return {
+        int.from_bytes(((hi << 32) | lo).to_bytes(8, "big"), "big", signed=True) for hi, lo in rows
+    }
+
+
+@contextmanager
+def _guarded_name(admin: URL, cancel: CancelToken | None) -> Iterator[tuple[str, Connection]]:
+    """A new database name whose guard this run holds until the block ends, and the guard's
+    connection (for the run's other statements on the server)."""
+    conn = _connect(admin, cancel, CONNECT_TIMEOUT_S)
+    try:
+        for _ in range(3):  # a taken key would be a 64-bit hash collision
+            name = f"mr_shadow_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+            taken = conn.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": guard_key(name)}
+            ).scalar()
+            if taken:
+                yield name, conn
+                return
+        raise ConfigError("shadow server: no free guard lock for a throwaway database")
+    finally:
+        conn.close()  # ends the session: the guard goes with it
+
+
+def sweep_orphans(conn: Connection) -> list[str]:
+    """Drop the throwaway databases of runs that were killed outright (their guard is gone).
+    Returns the names dropped; a database that cannot be dropped is logged and left."""
+    names = conn.execute(
+        text("SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE 'mr\\_shadow\\_%'")
+    ).scalars()
+    candidates = [name for name in names if NAME_PATTERN.fullmatch(name)]
+    if not candidates:
+        return []
+    held = _held_advisory_keys(conn)
+    dropped = []
+    for name in candidates:
+        if guard_key(name) in held:
+            continue  # a run is using it
+        try:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except DBAPIError as exc:
+            log.warning(
+                "shadow_database_not_swept",
+                database=name,
+                reason=db.one_line(exc),
+                action=f'DROP DATABASE "{name}" WITH (FORCE) on the shadow server',
+            )
+            continue
+        log.info("shadow_database_swept", database=name, reason="its run was killed")
+        dropped.append(name)
+    return dropped
+
+
+def create(admin: URL, name: str, cancel: CancelToken | None = None) -> ShadowDatabase:
     _admin(admin, f'CREATE DATABASE "{name}"', cancel, CONNECT_TIMEOUT_S)
     shadow = ShadowDatabase(admin.set(database=name), name)
     log.info("shadow_database_created", database=name, server=_display(admin))
@@ -110,11 +199,13 @@ def drop(admin: URL, shadow: ShadowDatabase) -> None:
 def throwaway(raw_server_url: str, cancel: CancelToken | None = None) -> Iterator[ShadowDatabase]:
     """A fresh database on the shadow server for the length of the block, then dropped."""
     admin = server_url(raw_server_url)
-    shadow = create(admin, cancel)
-    try:
-        yield shadow
-    finally:
-        drop(admin, shadow)
+    with _guarded_name(admin, cancel) as (name, conn):
+        sweep_orphans(conn)
+        shadow = create(admin, name, cancel)
+        try:
+            yield shadow
+        finally:
+            drop(admin, shadow)
 
 
 def _display(url: URL) -> str:

@@ -2,7 +2,8 @@
 with a safe form (first) and a dangerous form (last) of the same change on twin tables; the
 dangerous one must be found with its lock, table, statement and line, the safe one must give no
 warning. Also: a revision that inspects the live database, a target part-way up the chain, the
-throwaway database dropped after success, failure and SIGTERM, suppression comments, the graph
+throwaway database dropped after success, failure and SIGTERM (and after SIGKILL by the next
+lint), suppression comments, the graph
 check, and the shadow-only connection guard.
 """
 
@@ -13,6 +14,7 @@ import signal
 import textwrap
 import time
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import pytest
@@ -422,9 +424,9 @@ def test_a_failing_revision_is_reported_and_the_database_is_dropped(
     assert databases_named(pg_server_url, shadow_database_of(result)) == 0
 
 
-def test_sigterm_during_the_shadow_run_still_drops_the_database(
-    tmp_path: Path, shadow: str, pg_server_url: URL
-) -> None:
+def slow_lint(tmp_path: Path, shadow: str, pg_server_url: URL) -> tuple[Popen[str], str]:
+    """A lint whose second revision sleeps for a minute, started and waited for until that
+    revision runs; returns the process and its throwaway database's name."""
     slow = Rev("slow", "r0000", upgrade='op.execute("SELECT pg_sleep(60)")')
     ini = write_project(tmp_path, [*chain(1), slow])
     proc = start_cli(
@@ -449,11 +451,40 @@ def test_sigterm_during_the_shadow_run_still_drops_the_database(
     finally:
         engine.dispose()
     assert name is not None, "the slow revision never started"
+    return proc, name
+
+
+def test_sigterm_during_the_shadow_run_still_drops_the_database(
+    tmp_path: Path, shadow: str, pg_server_url: URL
+) -> None:
+    proc, name = slow_lint(tmp_path, shadow, pg_server_url)
     proc.send_signal(signal.SIGTERM)
     result = finish(proc, timeout=30)
     assert result.returncode == 143, result.stderr
     assert result.named("shadow_database_dropped"), result.stderr
     assert databases_named(pg_server_url, name) == 0
+
+
+def test_the_next_lint_drops_a_killed_runs_database_and_leaves_a_running_ones(
+    tmp_path: Path, shadow: str, pg_server_url: URL
+) -> None:
+    running, live = slow_lint(tmp_path / "running", shadow, pg_server_url)
+    try:
+        killed, orphan = slow_lint(tmp_path / "killed", shadow, pg_server_url)
+        killed.kill()  # SIGKILL: no finally runs, the throwaway database stays
+        killed.wait(timeout=30)
+        assert databases_named(pg_server_url, orphan) == 1
+        result = lint(write_project(tmp_path / "quick", chain(1)), shadow)
+        assert result.returncode == 0, result.stderr
+        swept = [e["database"] for e in result.named("shadow_database_swept")]
+        assert orphan in swept and live not in swept, result.stderr
+        assert databases_named(pg_server_url, orphan) == 0
+        assert databases_named(pg_server_url, live) == 1, "a running lint's database was dropped"
+    finally:
+        running.send_signal(signal.SIGTERM)
+        finished = finish(running, timeout=30)
+    assert finished.returncode == 143, finished.stderr
+    assert databases_named(pg_server_url, live) == 0
 
 
 def test_a_suppression_comment_is_reported_not_silent(tmp_path: Path, shadow: str) -> None:
