@@ -107,6 +107,45 @@ def postgres_blockers(conn: Connection, pid: int) -> list[SessionInfo]:
     return [_pg_session(row) for row in rows]
 
 
+#: Between its lock-timeout retries a runner's session sits idle, blocked by nobody at that
+#: moment; for the pause its application_name says who blocked it (`wait` in another pod reads
+#: it, and so does an operator looking at pg_stat_activity).
+RETRYING_PREFIX = "migration-runner: blocked by "
+#: PostgreSQL keeps the first 63 bytes of an application_name.
+APPLICATION_NAME_BYTES = 63
+
+
+def retrying_name(blockers: list[SessionInfo]) -> str | None:
+    """The application_name of a runner pausing behind these sessions: as many whole pids as
+    fit (a cut pid would name the wrong session). None when there is no one to name."""
+    name = RETRYING_PREFIX
+    for blocker in blockers:
+        more = f"{name}{',' if name != RETRYING_PREFIX else ''}{blocker.pid}"
+        if len(more.encode()) > APPLICATION_NAME_BYTES:
+            break
+        name = more
+    return name if name != RETRYING_PREFIX else None
+
+
+def postgres_advertised_blockers(conn: Connection, holder: SessionInfo) -> list[SessionInfo]:
+    """The sessions a runner pausing between retries names in its application_name, those of
+    them still connected."""
+    application = holder.application or ""
+    if not application.startswith(RETRYING_PREFIX):
+        return []
+    pids = [int(p) for p in application[len(RETRYING_PREFIX) :].split(",") if p.isdigit()]
+    if not pids:
+        return []
+    rows = conn.execute(
+        text(
+            f"SELECT {_PG_COLUMNS} FROM pg_stat_activity a WHERE a.pid = ANY(:pids)"
+            " ORDER BY coalesce(a.xact_start, a.backend_start) LIMIT 5"
+        ),
+        {"pids": pids},
+    ).all()
+    return [_pg_session(row) for row in rows]
+
+
 def mysql_lock_holder(conn: Connection, name: str) -> SessionInfo | None:
     """The connection holding the named lock `name` (GET_LOCK), if any."""
     holder = conn.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": name}).scalar()

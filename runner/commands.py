@@ -22,7 +22,7 @@ from runner.drive import Run, Work
 from runner.errors import DatabaseAhead, ExitCode, UsageError, WaitTimeout
 from runner.logs import log
 from runner.revisions import describe_step, downgrade_steps, stamp_steps, upgrade_steps
-from runner.steps import Target
+from runner.steps import Target, joined
 
 
 def _no_range(revision: str, command: str) -> None:
@@ -176,8 +176,8 @@ def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
     def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
         target = _current(run)
         conn = target.adopted.conn
-        last: tuple[str, float] | None = None
-        status: WaitStatus | None = None
+        last: tuple[WaitStatus, float] | None = None  # the last line logged, and when
+        telling: WaitStatus | None = None  # the most telling status since that line
         while True:
             target.heads = tuple(heads)
             target.unknown = run.graph.unknown(target.heads)
@@ -195,21 +195,37 @@ def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
                 # Never sit in a transaction while waiting: it would hold back the
                 # runner's CREATE INDEX CONCURRENTLY, and idle-in-transaction timeouts.
                 conn.rollback()
+            if telling is None or status.rank >= telling.rank:
+                telling = status
             now = time.monotonic()
-            if last is None or last[0] != status.state or now - last[1] >= WAIT_STATUS_EVERY_S:
-                log.info("wait_status", **status.fields(), waited_s=round(waited, 1))
-                last = (status.state, now)
+            # Between its lock-timeout retries a blocked runner sits idle and looks like one
+            # migrating: that is not news. The periodic line says the most telling state seen
+            # since the last one, so a blocked runner reads as blocked, not as flapping.
+            flapping = last is not None and (last[0].state, status.state) == (
+                "runner_blocked",
+                "runner_migrating",
+            )
+            changed = last is None or (last[0].state != status.state and not flapping)
+            if changed or (last is not None and now - last[1] >= WAIT_STATUS_EVERY_S):
+                shown = status if changed else telling
+                log.info("wait_status", **shown.fields(), waited_s=round(waited, 1))
+                last, telling = (shown, now), None
             if waited >= timeout:
+                seen = max(
+                    (s for s in (telling, last[0] if last else None, status) if s is not None),
+                    key=lambda s: s.rank,
+                )
                 raise WaitTimeout(
                     f"{target.label}: database not at head after {waited:.1f}s "
                     f"(at {','.join(heads) or 'base'}, {len(pending)} pending); "
-                    f"last seen: {status.describe()}",
+                    f"last seen: {seen.describe()}",
                     waited_s=round(waited, 3),
-                    state=status.state,
+                    state=seen.state,
                 )
             run.cancel.sleep(min(1.0, timeout - waited))
             heads = run.read_heads(target)
         target.report.outcome = "database_ahead" if target.unknown else "up_to_date"
+        target.report.to_revision = joined(target.heads)  # where the runner it waited for left it
         return []
 
     run.drive(Work("wait", fn, target="head"))
@@ -229,10 +245,15 @@ class WaitStatus:
     holder: SessionInfo | None
     blockers: list[SessionInfo]
 
+    @property
+    def rank(self) -> int:
+        """How much a waiting pod's log learns from this state: blocked > migrating > none."""
+        return ("no_runner", "runner_migrating", "runner_blocked").index(self.state)
+
     @classmethod
     def of(cls, run: Run, target: Target, heads: tuple[str, ...], pending: list[Any]) -> WaitStatus:
         holder = target.adopted.lock_holder(run.settings.lock_key)
-        blockers = target.adopted.blockers_of(holder.pid) if holder is not None else []
+        blockers = target.adopted.blockers_of(holder) if holder is not None else []
         if holder is None:
             state = "no_runner"
         else:

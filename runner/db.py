@@ -437,6 +437,14 @@ def _mysql_settings(
     return restore
 
 
+def swap_application_name(conn: Connection, name: str) -> str:
+    """Set the session's application_name (PostgreSQL) and return the one it had. For a
+    connection the runner holds outside any transaction of env.py's: committed at once."""
+    before = str(conn.execute(text("SELECT current_setting('application_name')")).scalar())
+    _set_configs(conn, {"application_name": name}, commit=True)
+    return before
+
+
 def flush_commits(conn: Connection) -> None:
     """Make every earlier asynchronous commit durable: committing a transaction that has a
     transaction id with synchronous_commit on waits for the WAL flush up to that point."""

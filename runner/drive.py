@@ -358,7 +358,10 @@ class Run:
         stamp = work.command == "stamp"
         if todo or not heads or stamp:
             if not adopted.take_lock(
-                self.settings.lock_timeout, self.settings.lock_key, self._lock_waiting, satisfied
+                self.settings.lock_timeout,
+                self.settings.lock_key,
+                functools.partial(self._lock_waiting, target),
+                satisfied,
             ):
                 target.report.to_revision = joined(self.read_heads(target))
                 return
@@ -381,7 +384,14 @@ class Run:
             )
         elif heads and not stamp:
             # At the destination already: Alembic's run_migrations would only read the version
-            # table again (each target of a fleet at head pays one read, not two).
+            # table again (each target of a fleet at head pays one read, not two). A dirty
+            # database is not "at" anything, though: an upgrade that exits 0 there (an older
+            # image whose head is the revision before the dirty one) would start the app on a
+            # half-applied schema. Refused as when there is work to do.
+            dirty = self.dirty_state(target)
+            if dirty is not None:
+                self._finish(target, succeeded=False)
+                raise dirty
             self._finish(target, succeeded=True)
             return
         succeeded = False
@@ -464,7 +474,8 @@ class Run:
                     blocked_by="; ".join(b.describe() for b in blockers) or "unknown",
                     blockers=[b.as_dict() for b in blockers],
                 )
-                self.cancel.sleep(pause)
+                with target.adopted.retrying_behind(blockers):
+                    self.cancel.sleep(pause)
                 budget_left -= pause
 
     def _database_ahead(self, target: Target, work: Work, heads: tuple[str, ...]) -> bool:
@@ -487,8 +498,10 @@ class Run:
         target.report.outcome = "database_ahead"
         return True
 
-    def _lock_waiting(self, key: str, waited_s: float) -> None:
-        log.info("lock_waiting", key=key, reason="held by another runner")
+    def _lock_waiting(self, target: Target, key: str, waited_s: float) -> None:
+        log.info(
+            "lock_waiting", target=target.adopted.label, key=key, reason="held by another runner"
+        )
         notify(self.observers, lambda o: o.lock_waiting(key, waited_s))
 
     # -- steps -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +83,8 @@ class AdoptedConnection:
         self.blockers: list[activity.SessionInfo] = []
         self._watch: _StatementWatch | None = None
         if self.backend == "postgresql" and self.facts.server_id:
-            self._watch = _StatementWatch(self, max(0.5, session.ddl_lock_timeout_s / 2))
+            # Half the lock timeout, so the look comes before the timeout does.
+            self._watch = _StatementWatch(self, max(0.2, session.ddl_lock_timeout_s / 2))
         self.lock: locks.MigrationLock | None = None
         self.wrote = False
         #: env.py committed its own transaction after the runner's revisions ran in it.
@@ -165,11 +166,35 @@ class AdoptedConnection:
             return activity.mysql_lock_holder(self.conn, name)
         return None
 
-    def blockers_of(self, pid: int) -> list[activity.SessionInfo]:
-        """The sessions that session `pid` waits for (PostgreSQL)."""
+    def blockers_of(self, holder: activity.SessionInfo) -> list[activity.SessionInfo]:
+        """The sessions that the runner `holder` waits for (PostgreSQL): right now, or, while
+        it pauses between lock-timeout retries, those that blocked its last try."""
         if self.backend != "postgresql":
             return []
-        return activity.postgres_blockers(self.conn, pid)
+        waiting_for = activity.postgres_blockers(self.conn, holder.pid)
+        return waiting_for or activity.postgres_advertised_blockers(self.conn, holder)
+
+    @contextlib.contextmanager
+    def retrying_behind(self, blockers: list[activity.SessionInfo]) -> Iterator[None]:
+        """For a pause between lock-timeout retries: the session's application_name names the
+        sessions that blocked it (see `activity.RETRYING_PREFIX`), then env.py's is put back."""
+        name = activity.retrying_name(blockers)
+        if self.backend != "postgresql" or self.external or name is None:
+            yield
+            return
+        before: list[str] = []
+        db.quiet(
+            lambda: before.append(db.swap_application_name(self.conn, name)),
+            "application_name_set_failed",
+        )
+        try:
+            yield
+        finally:
+            if before:
+                db.quiet(
+                    lambda: db.swap_application_name(self.conn, before[0]),
+                    "application_name_restore_failed",
+                )
 
     def lock_is_free(self, key: int | None) -> bool:
         """Whether no runner holds this target's migration lock right now (taken and given

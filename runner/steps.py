@@ -137,12 +137,12 @@ class Steps:
         history = self.history_of(target)
         if history is None:
             return None
-        entry = history.latest()
+        state = history.latest_state()
         if target.adopted.external is False and target.adopted.conn.in_transaction():
             target.adopted.conn.rollback()
-        if entry is None or entry.state not in ("started", "dirty"):
+        if state not in ("started", "dirty"):
             return None
-        if entry.state == "started" and not target.adopted.lock_is_free(self.lock_key):
+        if state == "started" and not target.adopted.lock_is_free(self.lock_key):
             return None
         return history.dirty()
 
@@ -307,21 +307,29 @@ class Steps:
             return
         info, started = target.running
         partial = target.partial or not target.transactional
+        history = target.history
+        conn = target.adopted.conn
+        writable = history is not None and not (
+            target.adopted.external or conn.closed or conn.invalidated
+        )
+        # The row keeps the failure itself; the run's reason adds "may be partly applied"
+        # (`with_dirty_note`) once `dirty_step` is set, and the refusal a later run reads from
+        # this row says that part itself.
+        row_reason = redact(reason()) if writable else ""
         if partial and info.kind != "stamp":
             target.dirty_step = info
-        history = target.history
         if history is None:
             return
-        conn = target.adopted.conn
-        if target.adopted.external or conn.closed or conn.invalidated:
+        if not writable:
             history.forget_open_row()  # env.py's transaction decides; it is failing
             return
 
         def write() -> None:
+            assert history is not None
             if conn.in_transaction():
                 conn.rollback()
             took = int((time.monotonic() - started) * 1000)
-            history.failed(info, redact(reason()), partial, took)
+            history.failed(info, row_reason, partial, took)
             conn.commit()
 
         db.quiet(write, "history_write_failed")

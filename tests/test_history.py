@@ -125,7 +125,13 @@ def test_a_revision_that_fails_part_way_leaves_the_database_dirty_until_stamped(
     assert again.finished["outcome"] == "dirty"
     reason = again.finished["reason"]
     assert "half" in reason and "stamp r0000" in reason and "stamp half" in reason
+    assert reason.count("partly applied") == 1, reason
     assert run_cli(["downgrade", "base", "--yes", *config], url).returncode == 65
+    # Nothing to run is no exception: an older image whose head is the revision before the
+    # dirty one must not start its app on the half-applied schema.
+    for noop in (["upgrade", "r0000"], ["downgrade", "r0000", "--yes"]):
+        refused = run_cli([*noop, *config], url)
+        assert refused.returncode == 65 and refused.finished["outcome"] == "dirty", noop
     check = run_cli(["check", "--json", *config], url)
     assert check.returncode == 65 and json.loads(check.stdout)["dirty"] == "half"
     started = time.monotonic()
@@ -148,6 +154,7 @@ def test_a_revision_that_fails_part_way_leaves_the_database_dirty_until_stamped(
     entries = json.loads(log.stdout)
     assert [e["state"] for e in entries][:4] == ["applied", "applied", "stamped", "dirty"]
     assert all(e["run_id"] and e["runner_version"] and e["host"] for e in entries)
+    assert all(e["started_at"].endswith("+00:00") for e in entries), "UTC on every backend"
     assert entries[0]["checksum"] and len(entries[0]["checksum"]) == 64
     human = run_cli(["log", *config], url)
     assert "dirty" in human.stdout and "half" in human.stdout

@@ -83,6 +83,21 @@ def test_wait_names_the_runner_that_holds_the_lock(tmp_path: Path, pg_url: str) 
     assert done.returncode == 0 and done.named("wait_status") == [], "at head: no wait"
 
 
+def test_wait_ends_reporting_the_revision_the_runner_reached(tmp_path: Path, pg_url: str) -> None:
+    slow = Rev("slow", "r0000", upgrade='op.execute("SELECT pg_sleep(3)")')
+    ini = write_project(tmp_path, [*chain(1), slow])
+    assert run_cli(["upgrade", "r0000", "--config", str(ini)], pg_url).returncode == 0
+    runner = start_cli(["upgrade", "--config", str(ini)], pg_url)
+    try:
+        wait_until(lambda: held(pg_url))
+        result = run_cli(["wait", "--config", str(ini), "--timeout", "60"], pg_url)
+    finally:
+        assert runner.wait(timeout=60) == 0
+    assert result.returncode == 0, result.stderr
+    assert result.named("wait_status")[0]["state"] == "runner_migrating"
+    assert (result.finished["from_revision"], result.finished["to_revision"]) == ("r0000", "slow")
+
+
 def test_wait_names_the_session_that_blocks_the_runner(tmp_path: Path, pg_url: str) -> None:
     alter = Rev("alter", "r0000", upgrade='op.add_column("t_r0000", sa.Column("x", sa.Integer))')
     ini = write_project(tmp_path, [*chain(1), alter])
@@ -105,6 +120,34 @@ def test_wait_names_the_session_that_blocks_the_runner(tmp_path: Path, pg_url: s
     [blocking] = status["blockers"]
     assert blocking["pid"] == blocker and blocking["state"] == "idle in transaction"
     assert blocking["query"] == "SELECT * FROM t_r0000" and blocking["open_s"] >= 0
+    assert f"blocked by pid {blocker}" in result.finished["reason"]
+
+
+def test_a_runner_retrying_behind_a_blocker_reads_as_blocked_not_flapping(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Between its lock-timeout retries the runner sits idle; `wait` keeps calling it blocked
+    and logs a line every few seconds, not one per retry."""
+    alter = Rev("alter", "r0000", upgrade='op.add_column("t_r0000", sa.Column("x", sa.Integer))')
+    ini = write_project(tmp_path, [*chain(1), alter])
+    assert run_cli(["upgrade", "r0000", "--config", str(ini)], pg_url).returncode == 0
+    with open_transaction(pg_url, "SELECT * FROM t_r0000") as blocker:
+        runner = start_cli(
+            ["upgrade", "--config", str(ini)],
+            pg_url,
+            MIGRATION_DDL_LOCK_TIMEOUT="1",
+            MIGRATION_DDL_RETRY_BUDGET="60",
+        )
+        try:
+            wait_until(lambda: held(pg_url))
+            result = run_cli(["wait", "--config", str(ini), "--timeout", "12"], pg_url)
+        finally:
+            runner.terminate()
+            runner.wait(timeout=30)
+    assert result.returncode == 75, result.stderr
+    states = [s["state"] for s in result.named("wait_status")]
+    assert states[1:] and set(states[1:]) == {"runner_blocked"}, states
+    assert len(states) <= 5, f"one line per retry, not every 5 s: {states}"
     assert f"blocked by pid {blocker}" in result.finished["reason"]
 
 
