@@ -524,10 +524,8 @@ def _record_error(report: RunReport, exc: BaseException) -> int:
 
 def _log_finished(report: RunReport) -> None:
     fields = report.summary()
-    if report.exit_code in (ExitCode.OK, ExitCode.PENDING):
-        log.info("run_finished", **fields)
-    else:
-        log.error("run_finished", **fields)
+    ok = report.exit_code in (ExitCode.OK, ExitCode.PENDING)
+    log.summary(logging.INFO if ok else logging.ERROR, "run_finished", **fields)
 
 
 def _finish_early(

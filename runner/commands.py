@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 
 from runner.activity import SessionInfo
 from runner.drive import Run, Work
-from runner.errors import DatabaseAhead, ExitCode, UsageError, WaitTimeout
+from runner.errors import ConfigError, DatabaseAhead, ExitCode, UsageError, WaitTimeout
 from runner.logs import log
 from runner.revisions import describe_step, downgrade_steps, stamp_steps, upgrade_steps
 from runner.steps import Target, joined
@@ -180,6 +180,8 @@ def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
         telling: WaitStatus | None = None  # the most telling status since that line
         while True:
             target.heads = tuple(heads)
+            # Where the database is now: what run_finished says, at head or at the timeout.
+            target.report.to_revision = joined(target.heads)
             target.unknown = run.graph.unknown(target.heads)
             if target.unknown:
                 break  # a newer deploy already migrated past this code: nothing to wait for
@@ -225,7 +227,6 @@ def wait(run: Run, args: argparse.Namespace, out: TextIO) -> int:
             run.cancel.sleep(min(1.0, timeout - waited))
             heads = run.read_heads(target)
         target.report.outcome = "database_ahead" if target.unknown else "up_to_date"
-        target.report.to_revision = joined(target.heads)  # where the runner it waited for left it
         return []
 
     run.drive(Work("wait", fn, target="head"))
@@ -306,6 +307,12 @@ def _plan_sql(run: Run, revision: str, out: TextIO) -> int:
     from the database's current revision, or over `FROM:TO` as given (no database)."""
     if ":" in revision:
         starting, destination = revision.split(":", 1)
+        no_url = run.settings.database_url is None and run.settings.shadow_url is None
+        if no_url and not run.config.get_main_option("sqlalchemy.url"):
+            raise ConfigError(
+                "plan --sql FROM:TO renders without a database but needs its dialect: set "
+                "MIGRATION_DATABASE_URL (it is not connected to) or sqlalchemy.url in the ini"
+            )
     else:
         run.drive(_observe(run, revision))
         if len(run.targets) > 1:

@@ -106,6 +106,7 @@ class RunnerEnvironment(EnvironmentContext):
         self, connection: Connection | None = None, url: Any = None, **kw: Any
     ) -> None:
         if self.is_offline_mode():
+            reclaim_library_loggers()  # env.py's fileConfig() runs in offline mode too
             self.context_opts["fn"] = self._run.track_offline(self._work.fn)
             super().configure(connection=connection, url=url, **kw)
             return
@@ -217,7 +218,7 @@ class Run:
 
     def drive(self, work: Work) -> None:
         """Run env.py for `work`; every failure comes out as a `RunnerError`."""
-        self._give_env_py_the_url()
+        self._give_env_py_the_url(offline=work.as_sql)
         environment = RunnerEnvironment(
             self,
             work,
@@ -267,12 +268,14 @@ class Run:
                     "context.run_migrations() on it: nothing was migrated"
                 )
 
-    def _give_env_py_the_url(self) -> None:
+    def _give_env_py_the_url(self, offline: bool = False) -> None:
         """env.py reads its URL from `sqlalchemy.url` (set once in this run's config) or from
         variables of its own (MIGRATION_EXPORT_URL_AS: process-wide, so set again at every
-        drive: a fleet's targets and lint's shadow run each have their URL)."""
+        drive: a fleet's targets and lint's shadow run each have their URL). Offline
+        (`plan --sql FROM:TO`) no database is needed: without a URL env.py keeps the ini's
+        `sqlalchemy.url` for its dialect, as `alembic upgrade FROM:TO --sql` does."""
         export_database_url(self.settings)
-        if self._url_set:
+        if self._url_set or (offline and self.settings.database_url is None):
             return
         db_url = self.settings.database()
         url = db_url.for_async_env() if revisions.is_async_env(self.script) else db_url.url

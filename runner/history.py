@@ -23,7 +23,7 @@ import functools
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -304,6 +304,9 @@ class History:
         reason: str | None = None,
     ) -> int:
         now = _now()
+        # A row written once the step is over (a transactional revision's, in its own
+        # transaction) started its duration before now.
+        started = now - timedelta(milliseconds=duration_ms) if duration_ms is not None else now
         who = self.identity
         # The row as parameters of the one cached INSERT: building `.values()` with sixteen
         # literals per revision cost more than the server's insert itself.
@@ -315,7 +318,7 @@ class History:
                 down_revision=step.down_revision,
                 action=step.kind,
                 state=state,
-                started_at=now,
+                started_at=started,
                 finished_at=now if finished else None,
                 duration_ms=duration_ms,
                 checksum=checksum(step.path),

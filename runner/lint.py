@@ -288,7 +288,8 @@ def shadow_run(
     def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
         return upgrade_steps(script, destination, heads)
 
-    with shadow.throwaway(run.settings.shadow_url.get_secret_value(), run.cancel) as db:
+    server = run.settings.shadow_url.get_secret_value()
+    with shadow.throwaway(server, run.cancel, run.settings.connect_timeout) as db:
         settings = dataclasses.replace(
             run.settings,
             database_url=Secret(db.url.render_as_string(hide_password=False)),

@@ -97,6 +97,22 @@ class _RecordsToEvents(logging.Handler):
             self.handleError(record)
 
 
+def _message(record: logging.LogRecord) -> str:
+    """The record's text, without the values SQLAlchemy's engine logs next to a statement
+    (bind parameters as `[%s] %r`, result rows as `Row %r`): they are the application's data,
+    secrets included, and `debug` promises the SQL, not the data."""
+    args = record.args
+    if (
+        record.name.startswith("sqlalchemy.engine")
+        and isinstance(record.msg, str)
+        and record.msg.endswith("%r")
+        and isinstance(args, tuple)
+        and args
+    ):
+        return str(record.msg[:-2] % args[:-1]) + "[values hidden]"
+    return record.getMessage()
+
+
 class _Pipeline:
     def __init__(self) -> None:
         self.level = logging.INFO
@@ -148,12 +164,13 @@ class _Pipeline:
                 _redact_secrets,
                 renderer,
             ]
-            cls = structlog.make_filtering_bound_logger(self.level)
+            # Levels are filtered in `emit` (which lets `run_finished` through at any level).
+            cls = structlog.make_filtering_bound_logger(logging.DEBUG)
             self._logger = cls(_LineWriter(self.stream), processors, {})  # type: ignore[call-arg]
         return self._logger
 
-    def emit(self, levelno: int, event: str, fields: dict[str, Any]) -> None:
-        if levelno < self.level:
+    def emit(self, levelno: int, event: str, fields: dict[str, Any], always: bool = False) -> None:
+        if levelno < self.level and not always:
             return
         name = logging.getLevelName(levelno).lower()
         if self.captured is not None:
@@ -224,10 +241,10 @@ def reclaim_library_loggers() -> None:
         ):
             child.disabled = False
     logging.getLogger("alembic").setLevel(_pipeline.level)
-    # SQLAlchemy at INFO echoes every statement: only debug users want that, and even they do
-    # not want the ORM's mapper configuration or the pool's checkouts.
+    # SQLAlchemy's echo is off: at debug the runner logs each statement of the connections it
+    # adopted itself (event `sql`), which a project's logging configuration cannot turn off.
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
-    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if debug else logging.WARNING)
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
     migration = logging.getLogger("alembic.runtime.migration")
     migration.filters[:] = [_pipeline._migration_filter]  # noqa: SLF001
     # Alembic announces each autogenerate plugin at INFO on every run: noise for a deploy job.
@@ -244,7 +261,7 @@ def mask_log_records() -> Callable[[], None]:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         try:
-            message = record.getMessage()
+            message = _message(record)
         except Exception:
             message = str(record.msg)
         record.msg, record.args = redact.redact(message), None
@@ -292,6 +309,13 @@ class _Log:
 
     def error(self, event: str, **fields: Any) -> None:
         self._emit(logging.ERROR, event, **fields)
+
+    def summary(self, level: int, event: str, **fields: Any) -> None:
+        """The run's one summary line: written at every MIGRATION_LOG_LEVEL (a pipeline that
+        keeps only warnings still learns how the run ended)."""
+        if _pipeline.stream is None:
+            _pipeline.configure("auto", "info", None)
+        _pipeline.emit(level, event, fields, always=True)
 
     def is_debug(self) -> bool:
         return _pipeline.level <= logging.DEBUG

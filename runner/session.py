@@ -76,7 +76,7 @@ class AdoptedConnection:
         #: (a revision busy in Python code reaches its next statement after the signal); the
         #: runner's own clean-up statements still run.
         self._giving_back = False
-        event.listen(conn, "before_cursor_execute", self._refuse_after_cancel)
+        event.listen(conn, "before_cursor_execute", self._before_statement)
         #: Who blocked this connection's last slow statement (PostgreSQL): a statement still
         #: waiting at half the lock timeout has its blockers looked up from a second
         #: connection, so that a `lock_timeout` can name them.
@@ -324,7 +324,7 @@ class AdoptedConnection:
         usually closed the connection): release what is still held. Never raises."""
         self.stop_migrating()
         with contextlib.suppress(Exception):
-            event.remove(self.conn, "before_cursor_execute", self._refuse_after_cancel)
+            event.remove(self.conn, "before_cursor_execute", self._before_statement)
         if self.external:
             with contextlib.suppress(Exception):
                 event.remove(self.conn, "commit", self._env_committed)
@@ -361,9 +361,13 @@ class AdoptedConnection:
         self.cancel.off_cancel(self._cancel)
         self._stop_watching()
 
-    def _refuse_after_cancel(self, *_: Any) -> None:
+    def _before_statement(self, _conn: Connection, _cursor: Any, statement: str, *_: Any) -> None:
         if not self._giving_back:
             self.cancel.check()
+        if log.is_debug():
+            # The statement, never its parameters; whatever env.py's logging configuration
+            # did to SQLAlchemy's own echo (Alembic's templates call fileConfig()).
+            log.debug("sql", target=self.label, statement=statement.strip())
 
     def _env_committed(self, _: Connection) -> None:
         self.committed_by_env = True

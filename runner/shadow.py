@@ -39,7 +39,8 @@ from runner.logs import log
 from runner.urls import parse_database_url
 
 SOURCE = "MIGRATION_SHADOW_URL"
-#: How long creating or dropping the throwaway database may retry while the server starts.
+#: How long reaching the shadow server may retry while it starts, unless the run says
+#: (MIGRATION_CONNECT_TIMEOUT).
 CONNECT_TIMEOUT_S = 30.0
 #: The names this module gives its databases, and the only ones it ever drops.
 NAME_PATTERN = re.compile(r"mr_shadow_[0-9]+_[0-9a-f]{8}")
@@ -82,10 +83,14 @@ def _connect(admin: URL, cancel: CancelToken | None, timeout_s: float) -> Connec
         except DBAPIError as exc:
             display = admin.render_as_string(hide_password=True)
             permanent = db.classify_connect_error(exc, display)
-            error = permanent or db.classify(exc, "postgresql", "shadow server: ")
-            retry = isinstance(error, DatabaseUnavailable)
-            if not retry or time.monotonic() - started + delay > timeout_s:
-                raise error from None
+            if permanent is not None:
+                raise permanent from None
+            waited = time.monotonic() - started
+            if waited + delay > timeout_s:
+                raise DatabaseUnavailable(
+                    f"shadow server {display} not reachable within {timeout_s:g}s: "
+                    f"{db.one_line(exc)}"
+                ) from None
         if cancel is not None:
             cancel.sleep(delay)
         else:
@@ -125,10 +130,12 @@ def _held_advisory_keys(conn: Connection) -> set[int]:
 
 
 @contextmanager
-def _guarded_name(admin: URL, cancel: CancelToken | None) -> Iterator[tuple[str, Connection]]:
+def _guarded_name(
+    admin: URL, cancel: CancelToken | None, timeout_s: float
+) -> Iterator[tuple[str, Connection]]:
     """A new database name whose guard this run holds until the block ends, and the guard's
     connection (for the run's other statements on the server)."""
-    conn = _connect(admin, cancel, CONNECT_TIMEOUT_S)
+    conn = _connect(admin, cancel, timeout_s)
     try:
         for _ in range(3):  # a taken key would be a 64-bit hash collision
             name = f"mr_shadow_{os.getpid()}_{uuid.uuid4().hex[:8]}"
@@ -196,10 +203,14 @@ def drop(admin: URL, shadow: ShadowDatabase) -> None:
 
 
 @contextmanager
-def throwaway(raw_server_url: str, cancel: CancelToken | None = None) -> Iterator[ShadowDatabase]:
+def throwaway(
+    raw_server_url: str,
+    cancel: CancelToken | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+) -> Iterator[ShadowDatabase]:
     """A fresh database on the shadow server for the length of the block, then dropped."""
     admin = server_url(raw_server_url)
-    with _guarded_name(admin, cancel) as (name, conn):
+    with _guarded_name(admin, cancel, connect_timeout_s) as (name, conn):
         sweep_orphans(conn)
         shadow = create(admin, name, cancel)
         try:

@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.conftest import FreshDatabases
 from tests.parity import dump_schema, run_alembic
-from tests.support import INI, Rev, chain, run_cli, write_revision
+from tests.support import INI, Rev, chain, run_cli, write_project, write_revision
 
 #: A revision that fails unless its own connection holds the runner's lock (only when the
 #: runner runs it: EXPECT_LOCK is set for the runner alone, so the schemas stay comparable).
@@ -646,6 +646,25 @@ def test_alembic_revision_syntax_works_everywhere(
     assert "t_r0001" not in sql.stdout
     unknown = run_cli(["upgrade", "nope", "--config", str(ini)], url)
     assert unknown.returncode == 2 and "nope" in unknown.finished["reason"]
+
+
+def test_plan_sql_over_a_range_needs_no_database_as_under_alembic(tmp_path: Path) -> None:
+    """`alembic upgrade FROM:TO --sql` connects nowhere: the ini's URL only names the dialect.
+    The runner renders the same SQL with no MIGRATION_DATABASE_URL, and says what is missing
+    when there is no URL at all (before printing anything)."""
+    ini = write_project(tmp_path, chain(4))  # Alembic's generic env.py, offline branch included
+    nowhere = "postgresql://nobody@127.0.0.1:1/none"
+    plain = run_alembic(ini, nowhere, ["upgrade", "r0001:r0003", "--sql"])
+    assert plain.returncode == 0, plain.stderr
+    without_url = run_cli(["plan", "--sql", "r0001:r0003", "--config", str(ini)], None)
+    assert without_url.returncode == 78 and without_url.stdout == ""
+    assert "sqlalchemy.url" in without_url.finished["reason"]
+    ini.write_text(ini.read_text().replace("sqlalchemy.url =", f"sqlalchemy.url = {nowhere}"))
+    ours = run_cli(["plan", "--sql", "r0001:r0003", "--config", str(ini)], None)
+    assert ours.returncode == 0, ours.stderr
+    body = ours.stdout.split("\n", 1)[1]  # after the runner's note on how it was rendered
+    assert body == plain.stdout
+    assert all(line.startswith("{") for line in ours.stderr.splitlines()), "JSON only"
 
 
 def test_one_secret_serves_an_env_py_that_reads_its_own_variable(

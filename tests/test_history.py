@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,17 @@ def test_a_started_row_of_a_runner_still_migrating_is_not_called_dirty(
         assert json.loads(check.stdout)["dirty"] is None
     finally:
         assert proc.wait(timeout=60) == 0
+
+
+def test_a_rows_times_span_its_revision(tmp_path: Path, pg_url: str) -> None:
+    """started_at is when the revision began, also for a row written once it committed."""
+    slow = Rev("slow", "r0000", upgrade='op.execute("SELECT pg_sleep(0.6)")')
+    ini = write_project(tmp_path, [*chain(1), slow])
+    assert run_cli(["upgrade", "--config", str(ini)], pg_url).returncode == 0
+    log = run_cli(["log", "--json", "--config", str(ini)], pg_url)
+    newest = json.loads(log.stdout)[0]
+    assert newest["revision"] == "slow" and newest["duration_ms"] >= 600
+    span = datetime.fromisoformat(newest["finished_at"]) - datetime.fromisoformat(
+        newest["started_at"]
+    )
+    assert abs(span.total_seconds() * 1000 - newest["duration_ms"]) < 50, newest

@@ -578,6 +578,21 @@ def test_an_env_py_that_connects_elsewhere_is_refused_before_it_connects(
 
 
 @pytest.mark.slow
+def test_an_unreachable_shadow_server_is_retried_for_the_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    ini = write_project(tmp_path, chain(1))
+    started = time.monotonic()
+    result = run_cli(
+        ["lint", "--connect-timeout", "2", "--config", str(ini)],
+        None,
+        MIGRATION_SHADOW_URL="postgresql://postgres@127.0.0.1:1/postgres",
+    )
+    assert result.returncode == 69 and time.monotonic() - started < 20, result.stderr
+    assert "shadow server" in result.finished["reason"]
+    assert "not reachable within 2s" in result.finished["reason"]
+
+
 def test_a_newcomer_lints_against_the_shadow_server_script(tmp_path: Path) -> None:
     """`scripts/shadow-server.sh` (the suite's throwaway PostgreSQL) prints the export line;
     lint works against it; the server goes away when stopped."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, quote_plus
 
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from runner import redact
@@ -32,9 +32,14 @@ def test_unparseable_url_text_still_registers_its_password() -> None:
 
 
 @settings(max_examples=200, deadline=None)
+@example("***")  # once generated: the mask itself
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=3, max_size=40))
 def test_no_generated_password_survives_redaction(password: str) -> None:
+    forms = (password, quote(password, safe=""), quote_plus(password))
+    # A password that the mask and the words around it spell ("***", "* at") cannot be told
+    # from them, masked or not.
+    assume(not any(form in f"connect failed for {redact.MASK} at host" for form in forms))
     redact.forget_all()
     redact.register(password)
-    for form in (password, quote(password, safe=""), quote_plus(password)):
+    for form in forms:
         assert form not in redact.redact(f"connect failed for {form} at host")

@@ -93,6 +93,33 @@ def test_every_log_line_is_json_with_timestamp_level_and_event(pg_url: str) -> N
     assert result.stdout == ""
 
 
+def test_debug_shows_each_statement_and_never_its_parameters(tmp_path: Path, pg_url: str) -> None:
+    """Alembic's template env.py calls fileConfig(), which silences SQLAlchemy's echo; the
+    runner's own `sql` events still show every statement, and bind values never appear."""
+    secret = Rev(
+        "secret",
+        "r0000",
+        upgrade='op.get_bind().execute(sa.text("SELECT :token"), {"token": "tok-4f9e-private"})',
+    )
+    ini = write_project(tmp_path, [*chain(1), secret])
+    result = run_cli(["upgrade", "--config", str(ini)], pg_url, MIGRATION_LOG_LEVEL="debug")
+    assert result.returncode == 0, result.stderr
+    statements = [e["statement"] for e in result.named("sql")]
+    assert "SELECT %(token)s" in statements, statements
+    assert any(s.startswith("CREATE TABLE t_r0000") for s in statements), statements
+    assert "tok-4f9e-private" not in result.stderr
+
+
+def test_run_finished_is_written_at_every_log_level(sqlite_url: str) -> None:
+    """A pipeline that keeps only warnings still learns how the run ended, and nothing else
+    at info level reaches it."""
+    config = ["--config", str(EXAMPLES / "alembic.ini")]
+    result = run_cli(["upgrade", *config], sqlite_url, MIGRATION_LOG_LEVEL="warning")
+    assert result.returncode == 0, result.stderr
+    assert [e["event"] for e in result.events] == ["run_finished"]
+    assert result.finished["level"] == "info" and result.finished["applied"] > 0
+
+
 @pytest.mark.parametrize("style", ["generic", "cookbook", "async"])
 def test_revisions_run_on_the_locked_connection_for_each_env_style(
     tmp_path: Path, pg_url: str, style: str

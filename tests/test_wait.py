@@ -72,6 +72,7 @@ def test_wait_names_the_runner_that_holds_the_lock(tmp_path: Path, pg_url: str) 
     finally:
         assert runner.wait(timeout=60) == 0
     assert result.returncode == 75
+    assert result.finished["to_revision"] == "r0000", "where the database is, not where it was"
     status = result.named("wait_status")[-1]
     assert status["state"] == "runner_migrating"
     holder = status["holder"]
