@@ -273,7 +273,8 @@ def run(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = N
     stdout = stdout or sys.stdout
     parser = build_parser()
     started = time.monotonic()
-    report = RunReport(command=argv[0] if argv else "")
+    # The command as far as it can be told before parsing (options may come first).
+    report = RunReport(command=next((a for a in argv if a in COMMAND_HELP), ""))
     if argv[:1] == ["kube-run"]:
         return _kube_run(argv[1:], parser, report, started, stdout, stderr)
     try:
