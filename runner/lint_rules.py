@@ -437,6 +437,15 @@ class Facts:
             before, after, tables, indexes, locks, rewritten, rewritten_indexes, new, validated
         )
 
+    def replaced(self, con: Con) -> Con | None:
+        """The constraint of the same name and type on the same table that `con` took the
+        place of in this revision (it is gone), if any."""
+        same = (con.rel, con.name, con.type)
+        for old in self.before.cons.values():
+            if (old.rel, old.name, old.type) == same and old.oid not in self.after.cons:
+                return old
+        return None
+
     def name(self, oid: int) -> str:
         rel = self.tables.get(oid) or self.before.rels.get(oid) or self.after.rels.get(oid)
         return rel.qualified if rel else str(oid)
@@ -540,6 +549,11 @@ def _named(rels: Iterable[Rel], qname: str | None) -> Rel | None:
         if rel.name == name and (schema is None or rel.schema == schema):
             return rel
     return None
+
+
+def _adds_constraint_named(name: str) -> str:
+    """A pattern for `ADD CONSTRAINT name` (quoted or not)."""
+    return rf'\bADD\s+CONSTRAINT\s+(?:{re.escape(name)}(?![\w$"])|"{re.escape(name)}")'
 
 
 def _mentions(sql: str, name: str) -> bool:
@@ -658,6 +672,9 @@ class _Judge:
         if table is not None:
             self.explained.add(table.oid)
             mode = mode or self.facts.locks.get(table.oid)
+            # A finding is only actionable when it points at code: a rule's own pattern may
+            # miss (a statement in a form it does not read), so fall back rather than print none.
+            statement = statement or self.statement_about(table)
         self.findings.append(
             finding(
                 rule,
@@ -690,6 +707,19 @@ class _Judge:
             ):
                 return st
         return None
+
+    def statement_about(self, table: Rel) -> Statement | None:
+        """The statement a finding on `table` points at when its rule's own patterns found
+        none: the first DDL naming the table, else any statement naming it, else (the lock came
+        from a statement that does not name it: a function, a cascade) the revision's first
+        DDL, else its first statement."""
+        in_revision = self.obs.statements
+        return (
+            self.statement_for(table, _DDL.pattern)
+            or self.statement_for(table)
+            or next((st for st in in_revision if _DDL.match(normalise(st.sql))), None)
+            or next(iter(in_revision), None)
+        )
 
     # -- statement by statement ----------------------------------------------------------
 
@@ -762,8 +792,9 @@ class _Judge:
         facts = self.facts
         for con in facts.new_constraints:
             table = facts.tables[con.rel]
-            st = self.statement_for(table, re.escape(con.name)) or self.statement_for(
-                table, r"\b(FOREIGN\s+KEY|CHECK|UNIQUE|PRIMARY\s+KEY)\b"
+            named = self.statement_for(table, _adds_constraint_named(con.name))
+            st = named or self.statement_for(
+                table, r"\bADD\b.*\b(FOREIGN\s+KEY|REFERENCES|CHECK|UNIQUE|PRIMARY\s+KEY)\b"
             )
             if con.type in "fc" and con.validated:
                 detail = (
@@ -775,6 +806,12 @@ class _Judge:
                 if con.references in facts.tables:
                     self.explained.add(con.references)
             elif con.type in "up":
+                if named is None and facts.replaced(con) is not None:
+                    # ALTER COLUMN TYPE drops and re-creates the constraints on the column
+                    # under the same name (new oids, its index too, kept on disk when the
+                    # change is binary-coercible): not a UNIQUE the revision added. A rewrite
+                    # that comes with it is column-type-rewrite's.
+                    continue
                 using_index = st is not None and re.search(r"\bUSING\s+INDEX\b", st.sql, _FLAGS)
                 if not using_index and con.index not in facts.before.rels:
                     self.add("unique-without-index", statement=st, table=table)

@@ -1,0 +1,99 @@
+"""The rules on hand-made observations (no database): a constraint that ALTER COLUMN TYPE
+re-created is not one the revision added, every finding points at the statement behind it,
+and a suppression comment reaches only the operation it sits next to."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runner.lint_rules import (
+    RevisionObservation,
+    Snapshot,
+    Statement,
+    judge,
+)
+
+TABLE = 20000
+
+
+def _observation(
+    before_cons: list[list[Any]],
+    after_cons: list[list[Any]],
+    statements: list[Statement],
+    index_after: int,
+) -> RevisionObservation:
+    """Table `customers` (email, with a unique index 20001) before; the given constraints and
+    the unique index under oid `index_after` (same file node) inside the transaction."""
+
+    def snapshot(index: int, cons: list[list[Any]], locked: bool) -> Snapshot:
+        data = {
+            "rels": [
+                [TABLE, "r", "public", "customers", TABLE, None],
+                [index, "i", "public", "customers_email_key", 20001, TABLE],
+            ],
+            "cols": [[TABLE, 1, "email", False, False, False, False, False]],
+            "cons": cons,
+            "locks": [[TABLE, "AccessExclusiveLock"]] if locked else [],
+        }
+        return Snapshot.from_json(json.dumps(data))
+
+    return RevisionObservation(
+        "r1",
+        None,
+        "",
+        "f.py",
+        statements=statements,
+        before=snapshot(20001, before_cons, False),
+        after=snapshot(index_after, after_cons, True),
+    )
+
+
+def _unique(oid: int, name: str, index: int) -> list[Any]:
+    return [oid, TABLE, name, "u", True, index, 0, None]
+
+
+def test_a_unique_constraint_re_created_by_a_type_change_is_not_added() -> None:
+    """varchar -> text: the constraint and its index come back under new oids and the same
+    name; the finding is the brief lock, on the ALTER statement."""
+    obs = _observation(
+        [_unique(20002, "customers_email_key", 20001)],
+        [_unique(20004, "customers_email_key", 20003)],
+        [Statement("ALTER TABLE customers ALTER COLUMN email TYPE TEXT", 7)],
+        index_after=20003,
+    )
+    found = [(f.rule, f.statement, f.line) for f in judge(obs)]
+    assert found == [("catalog-lock", "ALTER TABLE customers ALTER COLUMN email TYPE TEXT", 7)]
+
+
+def test_a_unique_constraint_dropped_and_added_again_by_name_is_added() -> None:
+    """Same name, new constraint, but a statement adds it: the index is built under ACCESS
+    EXCLUSIVE."""
+    obs = _observation(
+        [_unique(20002, "customers_email_key", 20001)],
+        [_unique(20004, "customers_email_key", 20003)],
+        [
+            Statement("ALTER TABLE customers DROP CONSTRAINT customers_email_key", 7),
+            Statement("ALTER TABLE customers ADD CONSTRAINT customers_email_key UNIQUE (email)", 8),
+        ],
+        index_after=20003,
+    )
+    found = [(f.rule, f.line) for f in judge(obs) if f.severity == "error"]
+    assert found == [("unique-without-index", 8)]
+
+
+def test_a_finding_whose_pattern_misses_still_points_at_a_statement() -> None:
+    """A UNIQUE added by a statement the rule's pattern does not read (a function here) is
+    still reported on the statement that ran, not on no line at all."""
+    obs = _observation(
+        [],
+        [_unique(20004, "customers_email_key", 20003)],
+        [Statement("SELECT add_the_constraints()", 9)],
+        index_after=20003,
+    )
+    (item,) = judge(obs)
+    assert (item.rule, item.statement, item.line) == (
+        "unique-without-index",
+        "SELECT add_the_constraints()",
+        9,
+    )
