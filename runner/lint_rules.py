@@ -708,6 +708,16 @@ class _Judge:
                 return st
         return None
 
+    def statement_for_column(self, table: Rel, column: str, pattern: str) -> Statement | None:
+        """The first statement on `table` matching `pattern` that names `column` (two columns
+        dropped from one table are two statements), else the first matching `pattern`."""
+        for st in self.obs.statements:
+            text = normalise(st.sql)
+            names_both = _mentions(text, table.name) and _mentions(text, column)
+            if names_both and re.search(pattern, text, _FLAGS):
+                return st
+        return self.statement_for(table, pattern)
+
     def statement_about(self, table: Rel) -> Statement | None:
         """The statement a finding on `table` points at when its rule's own patterns found
         none: the first DDL naming the table, else any statement naming it, else (the lock came
@@ -835,10 +845,10 @@ class _Judge:
             if old.dropped:
                 continue
             if col.dropped:
-                st = self.statement_for(table, r"\bDROP\b")
+                st = self.statement_for_column(table, old.name, r"\bDROP\b")
                 self.add("drop-column", statement=st, table=table, detail=old.name)
             elif col.name != old.name:
-                st = self.statement_for(table, r"\bRENAME\b")
+                st = self.statement_for_column(table, old.name, r"\bRENAME\b")
                 self.add(
                     "rename-column", statement=st, table=table, detail=f"{old.name} -> {col.name}"
                 )
@@ -848,14 +858,14 @@ class _Judge:
                 and rel not in new_pk_tables
                 and not self._proven_not_null(rel, old.name)
             ):
-                st = self.statement_for(table, r"\bSET\s+NOT\s+NULL\b")
+                st = self.statement_for_column(table, col.name, r"\bSET\s+NOT\s+NULL\b")
                 self.add("set-not-null", statement=st, table=table, detail=col.name)
         for (rel, num), old in before.cols.items():
             table = facts.tables.get(rel)
             if table is None or old.dropped or rel not in after.rels:
                 continue
             if (rel, num) not in after.cols:
-                st = self.statement_for(table, r"\bDROP\b")
+                st = self.statement_for_column(table, old.name, r"\bDROP\b")
                 self.add("drop-column", statement=st, table=table, detail=old.name)
 
     def _proven_not_null(self, rel: int, column: str) -> bool:

@@ -97,3 +97,29 @@ def test_a_finding_whose_pattern_misses_still_points_at_a_statement() -> None:
         "SELECT add_the_constraints()",
         9,
     )
+
+
+def test_each_dropped_column_points_at_the_statement_that_dropped_it() -> None:
+    """Two columns dropped from one table by two statements: two findings on two lines (a
+    suppression on one line must not silence the other)."""
+    cols = [[TABLE, n, name, False, False, False, False, False] for n, name in ((1, "b"), (2, "c"))]
+    rels = [[TABLE, "r", "public", "orders", TABLE, None]]
+    before = Snapshot.from_json(json.dumps({"rels": rels, "cols": cols}))
+    after = Snapshot.from_json(
+        json.dumps(
+            {
+                "rels": rels,
+                "cols": [[*col[:5], True, *col[6:]] for col in cols],
+                "locks": [[TABLE, "AccessExclusiveLock"]],
+            }
+        )
+    )
+    statements = [
+        Statement("ALTER TABLE orders DROP COLUMN b", 5),
+        Statement("ALTER TABLE orders DROP COLUMN c", 6),
+    ]
+    obs = RevisionObservation(
+        "r1", None, "", "f.py", statements=statements, before=before, after=after
+    )
+    found = [(f.rule, f.line, f.message[-3:]) for f in judge(obs)]
+    assert found == [("drop-column", 5, "(b)"), ("drop-column", 6, "(c)")]
