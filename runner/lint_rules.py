@@ -996,10 +996,24 @@ def _statement_spans(source: str) -> list[tuple[int, int]]:
     ]
 
 
+def _lines_next_to(source: str, line: int) -> set[int]:
+    """The lines whose suppression comment reaches the operation on `line`: the (innermost)
+    statement holding it, and the line above that statement when it holds nothing but a
+    comment (a comment trailing the statement above belongs to that statement)."""
+    spans = [s for s in _statement_spans(source) if s[0] <= line <= s[1]]
+    first, last = min(spans, key=lambda s: s[1] - s[0]) if spans else (line, line)
+    near = set(range(first, last + 1))
+    lines = source.splitlines()
+    if first >= 2 and lines[first - 2].lstrip().startswith("#"):
+        near.add(first - 1)
+    return near
+
+
 def apply_suppressions(findings: list[Finding], sources: dict[str, str]) -> None:
     """Mark each finding that a comment next to its operation suppresses: on its line, on
-    the line above, or anywhere inside the (innermost) statement holding it. A finding that
-    points at no line (graph checks) is suppressed by such a comment anywhere in the file."""
+    a comment-only line above, or anywhere inside the (innermost) statement holding it. A
+    finding that points at no line (graph checks) is suppressed by such a comment anywhere
+    in the file."""
     for item in findings:
         source = sources.get(item.file or "")
         if source is None:
@@ -1010,11 +1024,7 @@ def apply_suppressions(findings: list[Finding], sources: dict[str, str]) -> None
         if item.line is None:
             hit: Suppression | None = marks[0]
         else:
-            near = {item.line, item.line - 1}
-            spans = [s for s in _statement_spans(source) if s[0] <= item.line <= s[1]]
-            if spans:
-                first, last = min(spans, key=lambda s: s[1] - s[0])
-                near |= set(range(first - 1, last + 1))
+            near = _lines_next_to(source, item.line)
             hit = next((s for s in marks if s.line in near), None)
         if hit is not None:
             item.suppressed = True

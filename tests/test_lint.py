@@ -577,6 +577,36 @@ def test_a_suppression_comment_is_reported_not_silent(tmp_path: Path, shadow: st
     assert document(loud)["counts"]["warning"] == 1
 
 
+def test_a_suppression_comment_reaches_only_the_operation_it_sits_next_to(
+    tmp_path: Path, shadow: str
+) -> None:
+    """A comment trailing one statement suppresses that statement, not the one below it; a
+    comment alone on the line above suppresses the statement that follows."""
+    dropping = Rev(
+        "dropping",
+        "r0001",
+        upgrade='op.add_column("t_r0000", sa.Column("a", sa.Integer))\n'
+        'op.add_column("t_r0001", sa.Column("b", sa.Integer))\n'
+        'op.add_column("t_r0001", sa.Column("c", sa.Integer))',
+    )
+    columns = Rev(
+        "columns",
+        "dropping",
+        upgrade='op.drop_column("t_r0000", "a")  # migration-runner: ignore drop-column -- gone\n'
+        'op.drop_column("t_r0001", "b")\n'
+        "# migration-runner: ignore drop-column -- unused since 4.2\n"
+        'op.drop_column("t_r0001", "c")',
+    )
+    ini = write_project(tmp_path, [*chain(2), dropping, columns])
+    data = document(lint(ini, shadow, "--from", "columns"))
+    drops = [f for f in data["findings"] if f["rule"] == "drop-column"]
+    assert [(f["message"].rpartition("(")[2], f["suppression_reason"]) for f in drops] == [
+        ("a)", "gone"),
+        ("b)", None),
+        ("c)", "unused since 4.2"),
+    ]
+
+
 def test_more_than_one_head_is_an_error_and_both_branches_are_linted(
     tmp_path: Path, shadow: str
 ) -> None:

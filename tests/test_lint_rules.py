@@ -11,6 +11,8 @@ from runner.lint_rules import (
     RevisionObservation,
     Snapshot,
     Statement,
+    apply_suppressions,
+    finding,
     judge,
 )
 
@@ -123,3 +125,35 @@ def test_each_dropped_column_points_at_the_statement_that_dropped_it() -> None:
     )
     found = [(f.rule, f.line, f.message[-3:]) for f in judge(obs)]
     assert found == [("drop-column", 5, "(b)"), ("drop-column", 6, "(c)")]
+
+
+def _suppressed(source: str, *lines: int) -> list[tuple[int, str | None]]:
+    """(line, reason) of each drop-column finding on `lines` that `source` suppresses."""
+    items = [finding("drop-column", None, statement=Statement("ALTER TABLE", n)) for n in lines]
+    for item in items:
+        item.file = "f.py"
+    apply_suppressions(items, {"f.py": source})
+    return [(n, i.suppression_reason) for n, i in zip(lines, items, strict=True) if i.suppressed]
+
+
+def test_a_trailing_suppression_comment_covers_only_its_own_statement() -> None:
+    """The comment trails the statement above: it is that statement's, not the next one's."""
+    source = (
+        "def upgrade():\n"
+        '    op.drop_column("orders", "status")  # migration-runner: ignore drop-column -- '
+        "unused since 4.2\n"
+        '    op.drop_column("customers", "full_name")\n'
+    )
+    assert _suppressed(source, 2, 3) == [(2, "unused since 4.2")]
+
+
+def test_a_suppression_comment_alone_on_the_line_above_covers_the_next_statement() -> None:
+    source = (
+        "def upgrade():\n"
+        "    # migration-runner: ignore drop-column -- unused since 4.2\n"
+        "    op.drop_column(\n"
+        '        "orders", "status"\n'
+        "    )\n"
+        '    op.drop_column("customers", "full_name")\n'
+    )
+    assert _suppressed(source, 4, 6) == [(4, "unused since 4.2")]
