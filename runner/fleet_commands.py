@@ -186,7 +186,9 @@ def lint_fleet(
 
         def gather(result: TargetResult) -> None:
             nonlocal behind
-            behind += bool(result.behind)
+            # `plan` exits 0 whatever is pending (its exit code is not `check`'s): a target
+            # is behind when what it found says so.
+            behind += any(state["pending"] for state in result.states)
             for state in result.states:
                 for step in state["pending"]:
                     pending.setdefault(

@@ -437,6 +437,15 @@ class Facts:
             before, after, tables, indexes, locks, rewritten, rewritten_indexes, new, validated
         )
 
+    def replaced(self, con: Con) -> Con | None:
+        """The constraint of the same name and type on the same table that `con` took the
+        place of in this revision (it is gone), if any."""
+        same = (con.rel, con.name, con.type)
+        for old in self.before.cons.values():
+            if (old.rel, old.name, old.type) == same and old.oid not in self.after.cons:
+                return old
+        return None
+
     def name(self, oid: int) -> str:
         rel = self.tables.get(oid) or self.before.rels.get(oid) or self.after.rels.get(oid)
         return rel.qualified if rel else str(oid)
@@ -540,6 +549,11 @@ def _named(rels: Iterable[Rel], qname: str | None) -> Rel | None:
         if rel.name == name and (schema is None or rel.schema == schema):
             return rel
     return None
+
+
+def _adds_constraint_named(name: str) -> str:
+    """A pattern for `ADD CONSTRAINT name` (quoted or not)."""
+    return rf'\bADD\s+CONSTRAINT\s+(?:{re.escape(name)}(?![\w$"])|"{re.escape(name)}")'
 
 
 def _mentions(sql: str, name: str) -> bool:
@@ -658,6 +672,9 @@ class _Judge:
         if table is not None:
             self.explained.add(table.oid)
             mode = mode or self.facts.locks.get(table.oid)
+            # A finding is only actionable when it points at code: a rule's own pattern may
+            # miss (a statement in a form it does not read), so fall back rather than print none.
+            statement = statement or self.statement_about(table)
         self.findings.append(
             finding(
                 rule,
@@ -690,6 +707,29 @@ class _Judge:
             ):
                 return st
         return None
+
+    def statement_for_column(self, table: Rel, column: str, pattern: str) -> Statement | None:
+        """The first statement on `table` matching `pattern` that names `column` (two columns
+        dropped from one table are two statements), else the first matching `pattern`."""
+        for st in self.obs.statements:
+            text = normalise(st.sql)
+            names_both = _mentions(text, table.name) and _mentions(text, column)
+            if names_both and re.search(pattern, text, _FLAGS):
+                return st
+        return self.statement_for(table, pattern)
+
+    def statement_about(self, table: Rel) -> Statement | None:
+        """The statement a finding on `table` points at when its rule's own patterns found
+        none: the first DDL naming the table, else any statement naming it, else (the lock came
+        from a statement that does not name it: a function, a cascade) the revision's first
+        DDL, else its first statement."""
+        in_revision = self.obs.statements
+        return (
+            self.statement_for(table, _DDL.pattern)
+            or self.statement_for(table)
+            or next((st for st in in_revision if _DDL.match(normalise(st.sql))), None)
+            or next(iter(in_revision), None)
+        )
 
     # -- statement by statement ----------------------------------------------------------
 
@@ -762,8 +802,9 @@ class _Judge:
         facts = self.facts
         for con in facts.new_constraints:
             table = facts.tables[con.rel]
-            st = self.statement_for(table, re.escape(con.name)) or self.statement_for(
-                table, r"\b(FOREIGN\s+KEY|CHECK|UNIQUE|PRIMARY\s+KEY)\b"
+            named = self.statement_for(table, _adds_constraint_named(con.name))
+            st = named or self.statement_for(
+                table, r"\bADD\b.*\b(FOREIGN\s+KEY|REFERENCES|CHECK|UNIQUE|PRIMARY\s+KEY)\b"
             )
             if con.type in "fc" and con.validated:
                 detail = (
@@ -775,6 +816,12 @@ class _Judge:
                 if con.references in facts.tables:
                     self.explained.add(con.references)
             elif con.type in "up":
+                if named is None and facts.replaced(con) is not None:
+                    # ALTER COLUMN TYPE drops and re-creates the constraints on the column
+                    # under the same name (new oids, its index too, kept on disk when the
+                    # change is binary-coercible): not a UNIQUE the revision added. A rewrite
+                    # that comes with it is column-type-rewrite's.
+                    continue
                 using_index = st is not None and re.search(r"\bUSING\s+INDEX\b", st.sql, _FLAGS)
                 if not using_index and con.index not in facts.before.rels:
                     self.add("unique-without-index", statement=st, table=table)
@@ -798,10 +845,10 @@ class _Judge:
             if old.dropped:
                 continue
             if col.dropped:
-                st = self.statement_for(table, r"\bDROP\b")
+                st = self.statement_for_column(table, old.name, r"\bDROP\b")
                 self.add("drop-column", statement=st, table=table, detail=old.name)
             elif col.name != old.name:
-                st = self.statement_for(table, r"\bRENAME\b")
+                st = self.statement_for_column(table, old.name, r"\bRENAME\b")
                 self.add(
                     "rename-column", statement=st, table=table, detail=f"{old.name} -> {col.name}"
                 )
@@ -811,14 +858,14 @@ class _Judge:
                 and rel not in new_pk_tables
                 and not self._proven_not_null(rel, old.name)
             ):
-                st = self.statement_for(table, r"\bSET\s+NOT\s+NULL\b")
+                st = self.statement_for_column(table, col.name, r"\bSET\s+NOT\s+NULL\b")
                 self.add("set-not-null", statement=st, table=table, detail=col.name)
         for (rel, num), old in before.cols.items():
             table = facts.tables.get(rel)
             if table is None or old.dropped or rel not in after.rels:
                 continue
             if (rel, num) not in after.cols:
-                st = self.statement_for(table, r"\bDROP\b")
+                st = self.statement_for_column(table, old.name, r"\bDROP\b")
                 self.add("drop-column", statement=st, table=table, detail=old.name)
 
     def _proven_not_null(self, rel: int, column: str) -> bool:
@@ -949,10 +996,24 @@ def _statement_spans(source: str) -> list[tuple[int, int]]:
     ]
 
 
+def _lines_next_to(source: str, line: int) -> set[int]:
+    """The lines whose suppression comment reaches the operation on `line`: the (innermost)
+    statement holding it, and the line above that statement when it holds nothing but a
+    comment (a comment trailing the statement above belongs to that statement)."""
+    spans = [s for s in _statement_spans(source) if s[0] <= line <= s[1]]
+    first, last = min(spans, key=lambda s: s[1] - s[0]) if spans else (line, line)
+    near = set(range(first, last + 1))
+    lines = source.splitlines()
+    if first >= 2 and lines[first - 2].lstrip().startswith("#"):
+        near.add(first - 1)
+    return near
+
+
 def apply_suppressions(findings: list[Finding], sources: dict[str, str]) -> None:
     """Mark each finding that a comment next to its operation suppresses: on its line, on
-    the line above, or anywhere inside the (innermost) statement holding it. A finding that
-    points at no line (graph checks) is suppressed by such a comment anywhere in the file."""
+    a comment-only line above, or anywhere inside the (innermost) statement holding it. A
+    finding that points at no line (graph checks) is suppressed by such a comment anywhere
+    in the file."""
     for item in findings:
         source = sources.get(item.file or "")
         if source is None:
@@ -963,11 +1024,7 @@ def apply_suppressions(findings: list[Finding], sources: dict[str, str]) -> None
         if item.line is None:
             hit: Suppression | None = marks[0]
         else:
-            near = {item.line, item.line - 1}
-            spans = [s for s in _statement_spans(source) if s[0] <= item.line <= s[1]]
-            if spans:
-                first, last = min(spans, key=lambda s: s[1] - s[0])
-                near |= set(range(first - 1, last + 1))
+            near = _lines_next_to(source, item.line)
             hit = next((s for s in marks if s.line in near), None)
         if hit is not None:
             item.suppressed = True

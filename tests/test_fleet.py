@@ -564,6 +564,7 @@ def test_lint_over_a_fleet_reviews_every_revision_pending_on_any_target_once(
     reviewed = json.loads(result.stdout)
     observed = [r["revision"] for r in reviewed["revisions"] if r["status"] == "observed"]
     assert observed == ["r0001", "ix"]
+    assert reviewed["scope"] == "2 revision(s) pending on 2 target(s) of the fleet"
     assert [f["rule"] for f in reviewed["findings"] if f["severity"] == "error"] == [
         "index-not-concurrent"
     ]

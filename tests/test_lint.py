@@ -284,6 +284,8 @@ def test_each_rule_finds_the_dangerous_form_and_not_the_safe_one(
         if rule not in ("concurrently-in-transaction", "enum-value-used-in-transaction"):
             assert item["table"] == table, item
             assert item["lock"], item
+    for each in findings:
+        assert each["statement"] and each["line"], f"a finding that points at no code: {each}"
     assert result.returncode == (4 if severity == "error" else 0), result.stderr
     assert databases_named(pg_server_url, shadow_database_of(result)) == 0
 
@@ -325,6 +327,62 @@ def test_rewrites_are_observed_as_changed_file_nodes(tmp_path: Path, shadow: str
     assert [(f["rule"], f["severity"], f["lock"]) for f in info if f["rule"] == "catalog-lock"] == [
         ("catalog-lock", "info", "ACCESS EXCLUSIVE")
     ]
+
+
+CUSTOMERS = Rev(
+    "customers",
+    None,
+    message="a table with a UNIQUE constraint on a VARCHAR(255) column",
+    upgrade="""
+    op.create_table(
+        "customers",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("n", sa.Integer),
+        sa.Column("email", sa.String(255), unique=True),
+        sa.Column("phone", sa.String(50)),
+    )
+    """,
+)
+
+
+def test_a_type_change_that_rebuilds_a_unique_index_adds_no_unique_constraint(
+    tmp_path: Path, shadow: str
+) -> None:
+    """VARCHAR(255) -> TEXT under a UNIQUE constraint: PostgreSQL re-creates the constraint and
+    its index under new oids (the index keeps its file: no rewrite). That is neither a new
+    UNIQUE nor a rewrite; a UNIQUE really added still is, and int -> bigint still rewrites."""
+    revisions = [
+        CUSTOMERS,
+        Rev(
+            "to_text", "customers", upgrade='op.alter_column("customers", "email", type_=sa.Text())'
+        ),
+        Rev(
+            "add_unique",
+            "to_text",
+            upgrade='op.create_unique_constraint("uq_customers_phone", "customers", ["phone"])',
+        ),
+        Rev(
+            "to_bigint",
+            "add_unique",
+            upgrade='op.alter_column("customers", "n", type_=sa.BigInteger)',
+        ),
+    ]
+    ini = write_project(tmp_path, revisions)
+    data = document(lint(ini, shadow))
+    by_rev = {r["revision"]: r for r in data["revisions"]}
+    rules = {(f["revision"], f["rule"], f["severity"]) for f in data["findings"]}
+
+    assert by_rev["to_text"]["rewritten"] == [], "varchar -> text is binary-coercible"
+    assert [(rule, severity) for rev, rule, severity in rules if rev == "to_text"] == [
+        ("catalog-lock", "info")
+    ]
+    assert ("add_unique", "unique-without-index", "error") in rules
+    assert ("to_bigint", "column-type-rewrite", "error") in rules
+    assert not any(rule == "unique-without-index" for rev, rule, _ in rules if rev != "add_unique")
+    for item in data["findings"]:
+        assert item["statement"] and item["line"], f"a finding that points at no code: {item}"
+    (catalog,) = [f for f in data["findings"] if f["revision"] == "to_text"]
+    assert catalog["statement"] == "ALTER TABLE customers ALTER COLUMN email TYPE TEXT"
 
 
 # -- the project as a whole ------------------------------------------------------------------
@@ -517,6 +575,36 @@ def test_a_suppression_comment_is_reported_not_silent(tmp_path: Path, shadow: st
     loud = lint(ini, shadow, "--fail-on", "warning")
     assert loud.returncode == 4
     assert document(loud)["counts"]["warning"] == 1
+
+
+def test_a_suppression_comment_reaches_only_the_operation_it_sits_next_to(
+    tmp_path: Path, shadow: str
+) -> None:
+    """A comment trailing one statement suppresses that statement, not the one below it; a
+    comment alone on the line above suppresses the statement that follows."""
+    dropping = Rev(
+        "dropping",
+        "r0001",
+        upgrade='op.add_column("t_r0000", sa.Column("a", sa.Integer))\n'
+        'op.add_column("t_r0001", sa.Column("b", sa.Integer))\n'
+        'op.add_column("t_r0001", sa.Column("c", sa.Integer))',
+    )
+    columns = Rev(
+        "columns",
+        "dropping",
+        upgrade='op.drop_column("t_r0000", "a")  # migration-runner: ignore drop-column -- gone\n'
+        'op.drop_column("t_r0001", "b")\n'
+        "# migration-runner: ignore drop-column -- unused since 4.2\n"
+        'op.drop_column("t_r0001", "c")',
+    )
+    ini = write_project(tmp_path, [*chain(2), dropping, columns])
+    data = document(lint(ini, shadow, "--from", "columns"))
+    drops = [f for f in data["findings"] if f["rule"] == "drop-column"]
+    assert [(f["message"].rpartition("(")[2], f["suppression_reason"]) for f in drops] == [
+        ("a)", "gone"),
+        ("b)", None),
+        ("c)", "unused since 4.2"),
+    ]
 
 
 def test_more_than_one_head_is_an_error_and_both_branches_are_linted(
