@@ -243,12 +243,16 @@ class RetryingConnects:
             except Exception as exc:
                 waited = time.monotonic() - started
                 permanent = classify_connect_error(exc, display)
-                if permanent is not None or waited + delay > self.timeout_s:
+                left = self.timeout_s - waited
+                if permanent is not None or left <= 0:
                     self.last_failure = ConnectFailure(exc, display, attempt, round(waited, 3))
                     raise
                 if attempt == 1:
                     log.info("database_waiting", target=display, reason=one_line(exc))
-                self.cancel.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
+                # The last attempt comes at the timeout, not a backoff step before it: a
+                # database that needs all of MIGRATION_CONNECT_TIMEOUT gets all of it.
+                pause = delay * (0.5 + random.random())  # noqa: S311 - jitter
+                self.cancel.sleep(min(pause, left))
                 delay = min(delay * 2, 2.0)
                 continue
             if attempt > 1:
