@@ -39,6 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import TextClause
 
 from runner.errors import DirtyDatabase
 
@@ -211,10 +212,7 @@ class History:
         one column a run at its destination needs to know it is not dirty."""
         if not self.exists():
             return None
-        table = self.conn.dialect.identifier_preparer.format_table(self.table)
-        query = text(
-            f"SELECT state FROM {table} WHERE version_table = :vt ORDER BY id DESC LIMIT 1"
-        )
+        query = self._newest_first(["state"], limit=1)
         state = self.conn.execute(query, {"vt": self.version_table}).scalar()
         return str(state) if state is not None else None
 
@@ -226,16 +224,20 @@ class History:
     def entries(self, limit: int | None = None) -> list[Entry]:
         if not self.exists():
             return []
-        quote = self.conn.dialect.identifier_preparer.quote
-        columns = ", ".join(quote(c.name) for c in self.table.c)
-        table = self.conn.dialect.identifier_preparer.format_table(self.table)
-        sql = f"SELECT {columns} FROM {table} WHERE version_table = :vt ORDER BY id DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
         # Typed columns: SQLite hands back times as text, which the column types turn back.
-        query = text(sql).columns(*self.table.c)
+        query = self._newest_first([c.name for c in self.table.c], limit).columns(*self.table.c)
         rows = self.conn.execute(query, {"vt": self.version_table}).mappings()
         return [Entry(**_in_utc(row)) for row in rows]
+
+    def _newest_first(self, columns: list[str], limit: int | None) -> TextClause:
+        """`columns` of this version table's rows, newest first (bound parameter `vt`)."""
+        preparer = self.conn.dialect.identifier_preparer
+        names = ", ".join(preparer.quote(name) for name in columns)
+        sql = (
+            f"SELECT {names} FROM {preparer.format_table(self.table)} "
+            "WHERE version_table = :vt ORDER BY id DESC"
+        )
+        return text(sql + (f" LIMIT {int(limit)}" if limit is not None else ""))
 
     def dirty(self) -> DirtyDatabase | None:
         """The refusal to give when the newest row says a revision may be partly applied."""

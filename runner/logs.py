@@ -293,29 +293,27 @@ def bind_context(**fields: Any) -> None:
 class _Log:
     """`log.info("event", key=value)`: the runner's logger, usable from any module."""
 
-    def _emit(self, level: int, event: str, **fields: Any) -> None:
+    def _emit(self, level: int, event: str, fields: dict[str, Any], always: bool = False) -> None:
         if _pipeline.stream is None:
             _pipeline.configure("auto", "info", None)
-        _pipeline.emit(level, event, fields)
+        _pipeline.emit(level, event, fields, always)
 
     def debug(self, event: str, **fields: Any) -> None:
-        self._emit(logging.DEBUG, event, **fields)
+        self._emit(logging.DEBUG, event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        self._emit(logging.INFO, event, **fields)
+        self._emit(logging.INFO, event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._emit(logging.WARNING, event, **fields)
+        self._emit(logging.WARNING, event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        self._emit(logging.ERROR, event, **fields)
+        self._emit(logging.ERROR, event, fields)
 
     def summary(self, level: int, event: str, **fields: Any) -> None:
         """The run's one summary line: written at every MIGRATION_LOG_LEVEL (a pipeline that
         keeps only warnings still learns how the run ended)."""
-        if _pipeline.stream is None:
-            _pipeline.configure("auto", "info", None)
-        _pipeline.emit(level, event, fields, always=True)
+        self._emit(level, event, fields, always=True)
 
     def is_debug(self) -> bool:
         return _pipeline.level <= logging.DEBUG

@@ -98,13 +98,19 @@ def _connect(admin: URL, cancel: CancelToken | None, timeout_s: float) -> Connec
         delay = min(delay * 2, 2.0)
 
 
-def _admin(admin: URL, sql: str, cancel: CancelToken | None, timeout_s: float) -> None:
-    """One statement in autocommit on the shadow server, on a connection of its own."""
-    conn = _connect(admin, cancel, timeout_s)
+def _execute(conn: Connection, sql: str) -> None:
+    """One statement on a connection to the shadow server, its failure in the runner's terms."""
     try:
         conn.exec_driver_sql(sql)
     except DBAPIError as exc:
         raise db.classify(exc, "postgresql", "shadow server: ") from None
+
+
+def _admin(admin: URL, sql: str, cancel: CancelToken | None, timeout_s: float) -> None:
+    """One statement in autocommit on the shadow server, on a connection of its own."""
+    conn = _connect(admin, cancel, timeout_s)
+    try:
+        _execute(conn, sql)
     finally:
         conn.close()
 
@@ -179,8 +185,9 @@ def sweep_orphans(conn: Connection) -> list[str]:
     return dropped
 
 
-def create(admin: URL, name: str, cancel: CancelToken | None = None) -> ShadowDatabase:
-    _admin(admin, f'CREATE DATABASE "{name}"', cancel, CONNECT_TIMEOUT_S)
+def create(conn: Connection, admin: URL, name: str) -> ShadowDatabase:
+    """The throwaway database `name`, created over `conn` (the guard's connection)."""
+    _execute(conn, f'CREATE DATABASE "{name}"')
     shadow = ShadowDatabase(admin.set(database=name), name)
     log.info("shadow_database_created", database=name, server=_display(admin))
     return shadow
@@ -212,7 +219,7 @@ def throwaway(
     admin = server_url(raw_server_url)
     with _guarded_name(admin, cancel, connect_timeout_s) as (name, conn):
         sweep_orphans(conn)
-        shadow = create(admin, name, cancel)
+        shadow = create(conn, admin, name)
         try:
             yield shadow
         finally:

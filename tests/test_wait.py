@@ -13,7 +13,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from tests.support import Rev, chain, run_cli, start_cli, write_project
+from tests.support import CliResult, Rev, chain, run_cli, start_cli, write_project
 
 
 @contextmanager
@@ -99,7 +99,11 @@ def test_wait_ends_reporting_the_revision_the_runner_reached(tmp_path: Path, pg_
     assert (result.finished["from_revision"], result.finished["to_revision"]) == ("r0000", "slow")
 
 
-def test_wait_names_the_session_that_blocks_the_runner(tmp_path: Path, pg_url: str) -> None:
+def wait_behind_a_blocker(
+    tmp_path: Path, pg_url: str, ddl_lock_timeout: str, retry_budget: str, wait_timeout: str
+) -> tuple[CliResult, int]:
+    """`wait` while a runner's ALTER TABLE waits for a session sitting in a transaction that
+    read the table; returns wait's result and the blocking session's pid."""
     alter = Rev("alter", "r0000", upgrade='op.add_column("t_r0000", sa.Column("x", sa.Integer))')
     ini = write_project(tmp_path, [*chain(1), alter])
     assert run_cli(["upgrade", "r0000", "--config", str(ini)], pg_url).returncode == 0
@@ -107,15 +111,20 @@ def test_wait_names_the_session_that_blocks_the_runner(tmp_path: Path, pg_url: s
         runner = start_cli(
             ["upgrade", "--config", str(ini)],
             pg_url,
-            MIGRATION_DDL_LOCK_TIMEOUT="30",
-            MIGRATION_DDL_RETRY_BUDGET="0",
+            MIGRATION_DDL_LOCK_TIMEOUT=ddl_lock_timeout,
+            MIGRATION_DDL_RETRY_BUDGET=retry_budget,
         )
         try:
             wait_until(lambda: held(pg_url))
-            result = run_cli(["wait", "--config", str(ini), "--timeout", "3"], pg_url)
+            result = run_cli(["wait", "--config", str(ini), "--timeout", wait_timeout], pg_url)
         finally:
             runner.terminate()
             runner.wait(timeout=30)
+    return result, blocker
+
+
+def test_wait_names_the_session_that_blocks_the_runner(tmp_path: Path, pg_url: str) -> None:
+    result, blocker = wait_behind_a_blocker(tmp_path, pg_url, "30", "0", "3")
     status = result.named("wait_status")[-1]
     assert status["state"] == "runner_blocked", result.stderr
     [blocking] = status["blockers"]
@@ -129,22 +138,7 @@ def test_a_runner_retrying_behind_a_blocker_reads_as_blocked_not_flapping(
 ) -> None:
     """Between its lock-timeout retries the runner sits idle; `wait` keeps calling it blocked
     and logs a line every few seconds, not one per retry."""
-    alter = Rev("alter", "r0000", upgrade='op.add_column("t_r0000", sa.Column("x", sa.Integer))')
-    ini = write_project(tmp_path, [*chain(1), alter])
-    assert run_cli(["upgrade", "r0000", "--config", str(ini)], pg_url).returncode == 0
-    with open_transaction(pg_url, "SELECT * FROM t_r0000") as blocker:
-        runner = start_cli(
-            ["upgrade", "--config", str(ini)],
-            pg_url,
-            MIGRATION_DDL_LOCK_TIMEOUT="1",
-            MIGRATION_DDL_RETRY_BUDGET="60",
-        )
-        try:
-            wait_until(lambda: held(pg_url))
-            result = run_cli(["wait", "--config", str(ini), "--timeout", "12"], pg_url)
-        finally:
-            runner.terminate()
-            runner.wait(timeout=30)
+    result, blocker = wait_behind_a_blocker(tmp_path, pg_url, "1", "60", "12")
     assert result.returncode == 75, result.stderr
     states = [s["state"] for s in result.named("wait_status")]
     assert states[1:] and set(states[1:]) == {"runner_blocked"}, states
